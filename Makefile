@@ -1,0 +1,39 @@
+# Two commands on a fresh clone:
+#   make matrix   claim matrix on the embedded organism family (reports/claim_matrix.{json,md})
+#   make test     the package's tests (what CI runs)
+# Both create .venv and install mechtests into it first (once; redone when pyproject changes).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU build first, so pip does not fetch a multi-GB CUDA build; override on a GPU machine,
+# e.g. make test TORCH_SPEC="torch==2.13.0" PIP_TORCH_ARGS="--index-url ..."
+TORCH_SPEC ?= torch==2.13.0
+PIP_TORCH_ARGS ?=
+STAMP := $(VENV)/.mechtests-installed
+PYTEST_ARGS ?=
+
+.PHONY: matrix test lint bench clean-venv
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" $(PIP_TORCH_ARGS)
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+matrix: $(STAMP)
+	$(BIN)/mechtests run $(PYTEST_ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests -n 0 -m "not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check mechtests tests benchmarks
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python -m pytest benchmarks -n 0 -p no:randomly --benchmark-only --benchmark-autosave $(PYTEST_ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

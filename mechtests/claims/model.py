@@ -1,0 +1,84 @@
+"""The claim table's types: what a claim is, what a measurement returns, how it is judged.
+
+A claim never computes. Its ``measure`` names a function registered by an area module
+(:mod:`mechtests.areas`), which returns a :class:`Measurement`: the metric, the same metric on a
+control (an independent base, a random direction, a shuffled heatmap) and, where sampling
+matters, a bootstrap interval.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+
+class Verdict(str, Enum):
+    """The outcome of one claim on one family and model pair."""
+
+    PASS = "PASS"
+    FAIL = "FAIL"
+    SKIP = "SKIP"
+    ERROR = "ERROR"
+    TIMING = "TIMING"  # random-weight real-shape run: numbers are timing-only
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One testable statement of the paper, as data."""
+
+    id: str  # dotted, stable, lower-snake: area.subject.property
+    area: str  # knowledge | crossmodel | truth | refusal | confidence
+    statement: str  # one sentence a reader can check against the paper
+    paper: str  # where it comes from (paper-spec section, paper claim number)
+    metric: str  # name of the measured quantity
+    measure: str  # registered measure function
+    control: str  # what the control is, in words
+    pairs: tuple[tuple[str, str], ...] = (("base", "sft"), ("base", "instruct"))
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What a measure function returns for one (family, pair, claim)."""
+
+    metric: float
+    control: float | None
+    control_label: str
+    interval: tuple[float, float] | None = None  # e.g. 95% bootstrap interval of ``metric``
+    n: int | None = None  # examples the metric is computed on
+    details: Mapping[str, Any] = field(default_factory=dict)
+    artifacts: tuple[str, ...] = ()  # paths of plots / JSON written for this claim
+
+
+@dataclass(frozen=True)
+class ControlRule:
+    """``metric`` must beat ``control`` by ``margin`` in the claim's direction."""
+
+    margin: float
+
+
+@dataclass(frozen=True)
+class ThresholdSpec:
+    """A claim's pass rule on one family, with its provenance."""
+
+    claim_id: str
+    op: str  # ">=" or "<="
+    value: float
+    control: ControlRule | None
+    source: str
+    note: str = ""
+    uses_interval: bool = True
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """The verdict and the one-line reason a reader sees."""
+
+    verdict: Verdict
+    message: str
+    bound: float  # the number compared with the threshold (interval bound or metric)

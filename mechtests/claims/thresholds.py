@@ -1,0 +1,141 @@
+"""``thresholds.yaml``: each claim's pass rule with its provenance, validated at load.
+
+Unknown keys, a missing ``source``, a bad comparator or a threshold for a claim that does not
+exist are errors that name the file, the key and the fix. See the header of ``thresholds.yaml``
+for the format.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mechtests.claims.model import ControlRule, ThresholdSpec
+from mechtests.errors import ConfigError
+
+PACKAGED_THRESHOLDS = Path(__file__).resolve().parent.parent / "thresholds.yaml"
+_OPS = (">=", "<=")
+_RULE_KEYS = {"op", "value", "control_margin", "uses_interval", "source", "note"}
+_CLAIM_KEYS = _RULE_KEYS | {"families"}
+_TOP_KEYS = {"version", "claims", "expected_failures", "gates"}
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The parsed thresholds file."""
+
+    path: Path
+    sha256: str
+    rules: Mapping[str, Mapping[str, Any]]  # claim id -> raw default rule (+ families)
+    expected_failures: Mapping[str, Mapping[str, str]]  # family or "*" -> claim id -> reason
+    gates: Mapping[str, Any] = field(default_factory=dict)
+
+    def spec(self, claim_id: str, family: str) -> ThresholdSpec:
+        """The rule for ``claim_id`` on ``family`` (family overrides applied)."""
+        if claim_id not in self.rules:
+            raise ConfigError(
+                f"{self.path}: no threshold for claim {claim_id!r}. Fix: add "
+                f"'claims: {{{claim_id}: {{op, value, control_margin, source}}}}'."
+            )
+        raw = dict(self.rules[claim_id])
+        overrides = (raw.pop("families", None) or {}).get(family, {})
+        raw.update(overrides)
+        margin = raw.get("control_margin")
+        return ThresholdSpec(
+            claim_id=claim_id,
+            op=str(raw["op"]),
+            value=float(raw["value"]),
+            control=ControlRule(float(margin)) if margin is not None else None,
+            source=str(raw["source"]),
+            note=str(raw.get("note", "")),
+            uses_interval=bool(raw.get("uses_interval", True)),
+        )
+
+    def expected_failure(self, claim_id: str, family: str) -> str | None:
+        """The reason ``claim_id`` is expected to fail on ``family``, if it is."""
+        for key in (family, "*"):
+            reason = (self.expected_failures.get(key) or {}).get(claim_id)
+            if reason:
+                return str(reason)
+        return None
+
+
+def _check_rule(rule: Mapping[str, Any], where: str, path: Path, partial: bool) -> None:
+    unknown = set(rule) - (_RULE_KEYS if partial else _CLAIM_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{path}: {where} has unknown keys {sorted(unknown)}; expected some of "
+            f"{sorted(_RULE_KEYS)}. Fix: remove or rename them."
+        )
+    if "op" in rule and rule["op"] not in _OPS:
+        raise ConfigError(
+            f"{path}: {where} has op {rule['op']!r}; expected one of {_OPS}. Fix: use '>=' or '<='."
+        )
+    for key in ("value", "control_margin"):
+        if key in rule and not isinstance(rule[key], (int, float)):
+            raise ConfigError(f"{path}: {where}.{key} must be a number (got {rule[key]!r}).")
+    if not partial:
+        for key in ("op", "value", "source"):
+            if key not in rule or rule[key] in (None, ""):
+                raise ConfigError(
+                    f"{path}: {where} is missing {key!r}. Fix: every threshold needs op, value "
+                    "and a source (paper section or 'ours: <what was measured>')."
+                )
+
+
+def load_thresholds(path: Path | None = None, claim_ids: Iterable[str] | None = None) -> Thresholds:
+    """Parse and validate ``path`` (default: the packaged ``thresholds.yaml``)."""
+    path = Path(path) if path else PACKAGED_THRESHOLDS
+    if not path.is_file():
+        raise ConfigError(
+            f"thresholds file {path} does not exist. Fix: pass an existing file to --thresholds."
+        )
+    text = path.read_text()
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())}). Fix: correct the syntax.") from None
+    unknown = set(raw) - _TOP_KEYS
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown top-level keys {sorted(unknown)}; expected {sorted(_TOP_KEYS)}."
+        )
+    rules = raw.get("claims") or {}
+    for claim_id, rule in rules.items():
+        if not isinstance(rule, dict):
+            raise ConfigError(f"{path}: claims.{claim_id} must be a mapping.")
+        _check_rule(rule, f"claims.{claim_id}", path, partial=False)
+        for fam, override in (rule.get("families") or {}).items():
+            _check_rule(override, f"claims.{claim_id}.families.{fam}", path, partial=True)
+    known = set(claim_ids) if claim_ids is not None else None
+    expected = raw.get("expected_failures") or {}
+    for fam, table in expected.items():
+        for claim_id, reason in (table or {}).items():
+            if known is not None and claim_id not in known:
+                raise ConfigError(
+                    f"{path}: expected_failures.{fam}.{claim_id} names no known claim. "
+                    "Fix: correct the claim id."
+                )
+            if not reason:
+                raise ConfigError(
+                    f"{path}: expected_failures.{fam}.{claim_id} needs a reason with a source."
+                )
+    if known is not None:
+        for claim_id in rules:
+            if claim_id not in known:
+                raise ConfigError(
+                    f"{path}: claims.{claim_id} names no known claim; known: "
+                    f"{', '.join(sorted(known))}. Fix: correct or remove it."
+                )
+    return Thresholds(
+        path=path,
+        sha256=hashlib.sha256(text.encode()).hexdigest(),
+        rules=rules,
+        expected_failures=expected,
+        gates=raw.get("gates") or {},
+    )

@@ -1,0 +1,82 @@
+"""The ``mechtests`` command.
+
+    mechtests run [PYTEST_ARGS...]     run the claim suite (pytest --pyargs mechtests.suite)
+    mechtests families                 list the model families and their checkpoints
+    mechtests organism build ...       train the organism family (base, SFT, instruct, control)
+
+``mechtests run`` passes every argument on to pytest, so all plugin options work, e.g.
+``mechtests run --model-family tiny -n 2``. Its exit status is pytest's: non-zero when a claim
+fails, which is what a release gate wants.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+
+def _run(pytest_args: Sequence[str]) -> int:
+    import pytest
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    args = ["--pyargs", "mechtests.suite", "-p", "no:cacheprovider", "-q", *pytest_args]
+    return int(pytest.main(args))
+
+
+def _families(families_file: str | None) -> int:
+    from pathlib import Path
+
+    from mechtests.families import load_families
+
+    for name, fam in sorted(load_families(Path(families_file) if families_file else None).items()):
+        print(f"{name}: {fam.description}")
+        for role, spec in fam.models.items():
+            print(f"    {role:9s} {spec.ref}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mechtests",
+        description="Mechanistic-interpretability claims about post-training as pytest tests.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser(
+        "run", help="run the claim suite; all further arguments go to pytest",
+        description="Run the claim suite and print the claim matrix. Every argument is passed "
+                    "to pytest (see `pytest --help`, group 'mechtests').",
+    )
+    run.add_argument("pytest_args", nargs=argparse.REMAINDER,
+                     help="arguments for pytest, e.g. --model-family tiny -n 2")
+    fams = sub.add_parser("families", help="list the model families",
+                          description="List the model families and their checkpoint references.")
+    fams.add_argument("--families-file", default=None,
+                      help="extra YAML file of families. Default: none.")
+    try:
+        from mechtests.organism.cli import add_subparser
+    except ImportError:  # organism package not available
+        pass
+    else:
+        add_subparser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["run"]:  # pass everything after `run` to pytest untouched
+        return _run(argv[1:])
+    args = build_parser().parse_args(argv)
+    if args.command == "families":
+        return _families(args.families_file)
+    if args.command == "organism":
+        from mechtests.organism.cli import run as run_organism
+
+        return int(run_organism(args))
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,136 @@
+"""The hooks backend: plain PyTorch forward hooks on an unmodified HuggingFace model.
+
+Each site of :mod:`mechtests.sites` maps to one hook on one module of a decoder layer (module
+paths from :mod:`mechtests.engine.archs`):
+
+==========================  ===============================================================
+``hook_resid_pre``          forward pre-hook on the layer (``hidden_states``, positional or
+                            keyword)
+``hook_attn_out``           forward hook on the attention-contribution module (output or
+                            ``output[0]``)
+``hook_resid_mid``          same module: ``resid_pre + contrib``; a replacement ``r`` is
+                            written back as the contribution ``r - resid_pre``, so it
+                            reaches the residual stream (and the MLP's input)
+``mlp.hook_post``           forward pre-hook on the down projection (its input)
+``hook_mlp_out``            forward hook on the MLP-contribution module
+``hook_resid_post``         forward hook on the layer (its output, tensor or tuple)
+==========================  ===============================================================
+
+Hooks are registered in that order within a layer, so an edit at an earlier site is seen by
+every later one, and they are always removed in a ``finally``. ``cache()`` ends the forward by
+raising :class:`~mechtests.engine.hf_common.StopForward` from a hook after the last layer it
+needs, so caching layer 2 of an 8B model costs three layers. This is the method of
+``refusal_direction``'s ``add_hooks`` and TransformerLens's ``hook_resid_*`` names, applied to
+the raw HF modules (no weight folding).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from mechtests.engine.backend import Batch
+from mechtests.engine.hf_common import HFBackendBase, SiteFns, StopForward, apply_fns, submodule
+from mechtests.sites import SITE_KINDS, parse_site
+
+_ORDER = {kind: i for i, kind in enumerate(
+    ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "mlp.hook_post", "hook_mlp_out",
+     "hook_resid_post")
+)}
+assert set(_ORDER) == set(SITE_KINDS)
+
+
+def _first(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output  # type: ignore[no-any-return]
+
+
+def _with_first(output: Any, new: torch.Tensor) -> Any:
+    return (new, *output[1:]) if isinstance(output, tuple) else new
+
+
+class HooksBackend(HFBackendBase):
+    """A loaded HF causal LM with hooks at TransformerLens-named sites (see module docstring)."""
+
+    def _layer(self, index: int) -> torch.nn.Module:
+        layers = submodule(self.model, self.spec.layers)
+        return layers[index]  # type: ignore[index,no-any-return]
+
+    @contextmanager
+    def _installed(self, site_fns: SiteFns, stop_layer: int | None) -> Iterator[None]:
+        handles: list[torch.utils.hooks.RemovableHandle] = []
+        try:
+            resid_pre: dict[int, torch.Tensor] = {}
+            ordered = sorted(site_fns, key=lambda s: (parse_site(s).layer, _ORDER[parse_site(s).kind]))
+            for site in ordered:
+                parsed = parse_site(site, self.n_layers)
+                handles.extend(self._register(parsed.layer, parsed.kind, site, site_fns[site],
+                                              resid_pre))
+            if stop_layer is not None:
+                handles.append(self._register_stop(stop_layer, site_fns))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _register(
+        self, layer: int, kind: str, site: str, fns: list[Any], resid_pre: dict[int, torch.Tensor]
+    ) -> list[torch.utils.hooks.RemovableHandle]:
+        block = self._layer(layer)
+        if kind == "hook_resid_pre":
+            def pre(_m: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+                if args:
+                    return (apply_fns(fns, args[0], site), *args[1:]), kwargs
+                kwargs["hidden_states"] = apply_fns(fns, kwargs["hidden_states"], site)
+                return args, kwargs
+            return [block.register_forward_pre_hook(pre, with_kwargs=True)]
+        if kind == "hook_resid_mid":
+            def record(_m: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+                resid_pre[layer] = args[0] if args else kwargs["hidden_states"]
+
+            def mid(_m: Any, _args: Any, output: Any) -> Any:
+                before = resid_pre.pop(layer)
+                contrib = _first(output)
+                current = before + contrib
+                new = apply_fns(fns, current, site)
+                return None if new is current else _with_first(output, new - before)
+            return [
+                block.register_forward_pre_hook(record, with_kwargs=True),
+                submodule(block, self.spec.attn_contrib).register_forward_hook(mid),
+            ]
+        if kind == "mlp.hook_post":
+            def down_in(_m: Any, args: tuple[Any, ...]) -> Any:
+                return (apply_fns(fns, args[0], site), *args[1:])
+            return [submodule(block, self.spec.mlp_down).register_forward_pre_hook(down_in)]
+        module = {
+            "hook_attn_out": submodule(block, self.spec.attn_contrib),
+            "hook_mlp_out": submodule(block, self.spec.mlp_contrib),
+            "hook_resid_post": block,
+        }[kind]
+
+        def out(_m: Any, _args: Any, output: Any) -> Any:
+            act = _first(output)
+            new = apply_fns(fns, act, site)
+            return None if new is act else _with_first(output, new)
+        return [module.register_forward_hook(out)]
+
+    def _register_stop(self, layer: int, site_fns: SiteFns) -> torch.utils.hooks.RemovableHandle:
+        def stop(*_: Any) -> None:
+            raise StopForward
+
+        kinds = {parse_site(s).kind for s in site_fns if parse_site(s).layer == layer}
+        block = self._layer(layer)
+        if kinds == {"hook_resid_pre"}:
+            return block.register_forward_pre_hook(stop)
+        return block.register_forward_hook(stop)
+
+    def _call(self, batch: Batch, stop_layer: int | None) -> torch.Tensor | None:
+        out = self.model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=self.position_ids(batch),
+            use_cache=False,
+        )
+        return out.logits  # type: ignore[no-any-return]

@@ -1,0 +1,264 @@
+"""What both backends share: a HuggingFace causal LM, its tokenizer, and the Backend protocol's
+model-independent half (tokenizing, caching at positions, greedy generation, readout weights).
+
+A concrete backend supplies two things: :meth:`HFBackendBase._installed`, a context manager
+that activates hook functions (per site, applied in order) for the duration of a forward, and
+:meth:`HFBackendBase._call`, one forward of a batch that may stop after a given layer.
+Everything else, including the conventions of :mod:`mechtests.engine.backend`, lives here once.
+
+Positions: left padding plus position ids derived from the attention mask (as HF ``generate``
+does) make every real token's activations independent of how much padding its batch needs,
+and make ``-1`` the last real token of every prompt.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+import torch
+
+from mechtests.engine.archs import ArchSpec, arch_spec
+from mechtests.engine.backend import Batch, Hook, HookFn, ReadoutWeights
+from mechtests.errors import ConfigError, SiteError
+from mechtests.sites import parse_site
+
+SiteFns = dict[str, list[HookFn]]
+"""Site name -> hook functions to apply there, in order (user hooks first, captures last)."""
+
+
+class StopForward(Exception):
+    """Raised from a hook to end a forward early once every needed site has been seen."""
+
+
+def apply_fns(fns: Sequence[HookFn], act: torch.Tensor, site: str) -> torch.Tensor:
+    """Run ``fns`` on ``act`` in order; each may return a replacement of the same shape."""
+    for fn in fns:
+        new = fn(act)
+        if new is None:
+            continue
+        if new.shape != act.shape:
+            raise SiteError(
+                f"hook at {site} returned shape {tuple(new.shape)}, expected {tuple(act.shape)} "
+                "(the activation's shape). Fix: return a tensor of the same shape, or None."
+            )
+        act = new.to(dtype=act.dtype, device=act.device)
+    return act
+
+
+def submodule(root: torch.nn.Module, path: str) -> torch.nn.Module:
+    """``root``'s submodule at dotted ``path``."""
+    return root.get_submodule(path)
+
+
+class HFBackendBase:
+    """One HF causal LM and its tokenizer behind the :class:`~mechtests.engine.backend.Backend`
+    protocol. Subclasses provide :meth:`_installed` and :meth:`_call`."""
+
+    def __init__(self, model: Any, tokenizer: Any, name: str = "") -> None:
+        self.model: Any = model
+        self.tokenizer: Any = tokenizer
+        self.name = name
+        config = model.config
+        self.spec: ArchSpec = arch_spec(str(config.model_type))
+        self.n_layers = int(config.num_hidden_layers)
+        self.d_model = int(config.hidden_size)
+        first = next(model.parameters())
+        self.device: torch.device = first.device
+        self.dtype: torch.dtype = first.dtype
+
+    # -- to implement ------------------------------------------------------------------------
+    def _installed(
+        self, site_fns: SiteFns, stop_layer: int | None
+    ) -> AbstractContextManager[None]:
+        """Activate ``site_fns``; with ``stop_layer``, end the forward (raise
+        :class:`StopForward`) once every site of that layer has run."""
+        raise NotImplementedError
+
+    def _call(self, batch: Batch, stop_layer: int | None) -> torch.Tensor | None:
+        """One forward of ``batch``; logits, or None when stopped early."""
+        raise NotImplementedError
+
+    def _generation_model(self) -> Any:
+        """The module whose ``generate`` runs with :meth:`_installed` hooks active."""
+        return self.model
+
+    # -- protocol ----------------------------------------------------------------------------
+    def tokenize(self, prompts: Sequence[str], add_special_tokens: bool = True) -> Batch:
+        """Tokenize with left padding onto the model's device."""
+        if isinstance(prompts, str):
+            raise TypeError("tokenize() takes a sequence of prompts, not one string")
+        enc = self.tokenizer(
+            list(prompts), return_tensors="pt", padding=True, add_special_tokens=add_special_tokens
+        )
+        return Batch(enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device))
+
+    @staticmethod
+    def position_ids(batch: Batch) -> torch.Tensor:
+        """Positions counted over real tokens only (HF ``generate``'s convention)."""
+        mask = batch.attention_mask.long()
+        return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+
+    def forward(self, batch: Batch, hooks: Sequence[Hook] = ()) -> torch.Tensor:
+        """Run ``batch`` with ``hooks`` active; float32 logits [batch, pos, vocab]."""
+        with torch.no_grad(), self._installed(self._site_fns(hooks), None):
+            logits = self._call(batch, None)
+        assert logits is not None
+        return logits.float()
+
+    def cache(
+        self,
+        batch: Batch,
+        sites: Sequence[str],
+        positions: Sequence[int] | None = None,
+        hooks: Sequence[Hook] = (),
+    ) -> dict[str, torch.Tensor]:
+        """Activations at ``sites`` (float32, CPU), ``[batch, len(positions), d]`` or, with
+        ``positions=None``, ``[batch, pos, d]``; the forward stops after the last layer needed.
+        A site's value is recorded after any of ``hooks`` at that same site has edited it."""
+        if not sites:
+            return {}
+        parsed = [parse_site(s, self.n_layers) for s in sites]
+        index = self._position_index(batch, positions)
+        store: dict[str, torch.Tensor] = {}
+        site_fns = self._site_fns(hooks)
+        for site in dict.fromkeys(sites):
+            site_fns.setdefault(site, []).append(_capture(site, index, store))
+        stop = max(p.layer for p in parsed)
+        with torch.no_grad(), self._installed(site_fns, stop):
+            try:
+                self._call(batch, stop)
+            except StopForward:
+                pass
+        missing = [s for s in sites if s not in store]
+        if missing:
+            raise SiteError(
+                f"sites {missing} never fired during the forward of {self.name or 'the model'}. "
+                "Fix: this is a bug in the backend's site table (mechtests/engine/archs.py)."
+            )
+        return {s: store[s] for s in sites}
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        max_new_tokens: int = 16,
+        hooks: Sequence[Hook] = (),
+        batch_size: int = 32,
+    ) -> list[str]:
+        """Greedy decoding with ``hooks`` active on every step (prompt and generated tokens),
+        KV cache and left padding; returns only the new text, special tokens skipped."""
+        from transformers import GenerationConfig
+
+        model = self._generation_model()
+        eos = model.generation_config.eos_token_id
+        config = GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            use_cache=True,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=eos if eos is not None else self.tokenizer.eos_token_id,
+        )
+        texts: list[str] = []
+        for start in range(0, len(prompts), batch_size):
+            batch = self.tokenize(prompts[start : start + batch_size])
+            with torch.no_grad(), self._installed(self._site_fns(hooks), None):
+                out = model.generate(
+                    input_ids=batch.input_ids,
+                    attention_mask=batch.attention_mask,
+                    generation_config=config,
+                )
+            new = out[:, batch.input_ids.shape[1] :]
+            texts.extend(self.tokenizer.batch_decode(new, skip_special_tokens=True))
+        return texts
+
+    def readout_weights(self) -> ReadoutWeights:
+        """Unembedding, final-norm gain (Gemma's ``1 + w`` applied), its bias, and the last
+        block's down projection, as float32 CPU copies in the raw HF basis."""
+        model = self._generation_model()
+        norm = submodule(model, self.spec.final_norm)
+        layers = submodule(model, self.spec.layers)
+        last = layers[self.n_layers - 1]  # type: ignore[index]
+        down = _linear_weight(submodule(_unwrap(last), self.spec.mlp_down))
+        bias = getattr(norm, "bias", None)
+        return ReadoutWeights(
+            unembed=_linear_weight(submodule(model, self.spec.unembed)).detach().float().cpu(),
+            final_norm_weight=(_norm_weight(norm).detach().float() + self.spec.norm_offset).cpu(),
+            final_norm_bias=None if bias is None else bias.detach().float().cpu(),
+            mlp_out=down.detach().float().cpu(),
+            norm_kind=self.spec.norm_kind,
+        )
+
+    def token_id(self, text: str) -> int:
+        """The last id of ``tokenizer(text, add_special_tokens=False)`` (paper convention)."""
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise ConfigError(
+                f"{text!r} tokenizes to no tokens with {self.name or 'this tokenizer'}. Fix: "
+                "use a non-empty readout string (e.g. ' TRUE')."
+            )
+        return int(ids[-1])
+
+    def release(self) -> None:
+        """Drop the weights (and GPU memory) so another model can load."""
+        self.model = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _site_fns(self, hooks: Sequence[Hook]) -> SiteFns:
+        site_fns: SiteFns = {}
+        for site, fn in hooks:
+            parse_site(site, self.n_layers)
+            site_fns.setdefault(site, []).append(fn)
+        return site_fns
+
+    @staticmethod
+    def _position_index(batch: Batch, positions: Sequence[int] | None) -> torch.Tensor | None:
+        if positions is None:
+            return None
+        length = int(batch.input_ids.shape[1])
+        bad = [p for p in positions if not -length <= p < length]
+        if bad:
+            raise ConfigError(
+                f"positions {bad} are outside prompts of {length} tokens (valid: -{length}.."
+                f"{length - 1}; negative counts from the end). Fix: use negative positions "
+                "such as -1 for the last token."
+            )
+        return torch.tensor([p % length for p in positions], device=batch.input_ids.device)
+
+
+def _capture(
+    site: str, index: torch.Tensor | None, store: dict[str, torch.Tensor]
+) -> Callable[[torch.Tensor], None]:
+    def record(act: torch.Tensor) -> None:
+        picked = act if index is None else act.index_select(1, index.to(act.device))
+        store[site] = picked.detach().float().cpu()
+
+    return record
+
+
+def _unwrap(module: Any) -> Any:
+    """The HF module behind a TransformerBridge component (itself otherwise)."""
+    original = getattr(module, "original_component", None)
+    return original if isinstance(original, torch.nn.Module) else module
+
+
+def _linear_weight(module: Any) -> torch.Tensor:
+    weight = getattr(_unwrap(module), "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        raise SiteError(f"module {type(module).__name__} has no weight tensor")
+    return weight
+
+
+def _norm_weight(module: Any) -> torch.Tensor:
+    return _linear_weight(module)
+
+
+def chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    """Consecutive slices of at most ``size`` items."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

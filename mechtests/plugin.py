@@ -1,0 +1,279 @@
+"""The mechtests pytest plugin: options, parametrization, recording and the claim matrix.
+
+Loaded through the ``pytest11`` entry point, so an installed mechtests gives its options and
+fixtures to any test suite. Import-light on purpose: ``pytest --help`` and ``--collect-only``
+never import torch (models load inside fixtures and measure functions).
+
+Flow: ``pytest_configure`` validates the options (an unknown family is a ``UsageError``);
+``pytest_generate_tests`` parametrizes every test that takes ``claim_case`` over
+(family, model pair, claim), sorted, with strict xfails from ``thresholds.yaml``; the
+``claim_runner`` fixture measures and judges; results ride on ``user_properties`` to the xdist
+controller, which prints the matrix and writes ``reports/claim_matrix.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from mechtests.errors import ConfigError
+
+if TYPE_CHECKING:
+    from mechtests.runner import ClaimCase, ClaimRunner
+
+OPT_FAMILY = "--model-family"
+RECORD_KEY = "mechtests_claim"
+CACHE_ENV = "MECHTESTS_CACHE"
+_STATE = pytest.StashKey["_State"]()
+
+
+class ClaimFailed(AssertionError):
+    """A claim's measurement did not clear its threshold or its control (a finding)."""
+
+
+def default_cache_dir() -> Path:
+    """``$MECHTESTS_CACHE`` or the user cache directory (``~/.cache/mechtests`` on Linux)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("mechtests"))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    # Help-text style: what it does, then "Default: ...". Every option of the group has one.
+    group = parser.getgroup("mechtests", "mechtests: post-training claim tests")
+    group.addoption(OPT_FAMILY, action="append", default=None, metavar="NAME",
+                    help="Model family to test; repeat for several (see families.yaml: organism, "
+                         "tiny, llama31, mistral, llama2-13b, llama2-7b, gemma2-9b, qwen15-0.5b). "
+                         "Default: organism.")
+    group.addoption("--families-file", default=None, metavar="PATH",
+                    help="Extra YAML file of families (adds or replaces entries of the packaged "
+                         "families.yaml). Default: none.")
+    group.addoption("--thresholds", default=None, metavar="PATH",
+                    help="Thresholds file with each claim's rule and source. "
+                         "Default: the packaged thresholds.yaml.")
+    for role in ("base", "sft", "instruct"):
+        group.addoption(f"--{role}", default=None, metavar="PATH",
+                        help=f"Replace the selected family's {role} checkpoint with this local "
+                             "directory or cached hub id (check a new checkpoint). Default: none.")
+    group.addoption("--mechtests-device", default="auto", choices=("auto", "cpu", "cuda"),
+                    help="Device for models: auto = cuda when available. Default: auto.")
+    group.addoption("--mechtests-dtype", default="float32",
+                    choices=("float32", "bfloat16", "float16"),
+                    help="Model dtype; the paper ran bf16. Default: float32.")
+    group.addoption("--mechtests-backend", default="hf", choices=("hf", "transformer-lens"),
+                    help="hf = plain PyTorch hooks on the HF model; transformer-lens = TL 4.x "
+                         "TransformerBridge over the same model. Default: hf.")
+    group.addoption("--mechtests-cache", default=None, metavar="DIR",
+                    help=f"Cache for activations and built checkpoints. Default: ${CACHE_ENV} or "
+                         "the user cache dir (~/.cache/mechtests).")
+    group.addoption("--mechtests-datasets", default=None, metavar="DIR",
+                    help="Folder with the paper's datasets (du2025/, refusal_splits/, advbench/, "
+                         "alpaca/) for real families. Default: $MECHTESTS_DATASETS, else none "
+                         "(claims that need them are skipped with that reason).")
+    group.addoption("--claim-report", default="reports", metavar="DIR",
+                    help="Where the claim matrix (claim_matrix.json/.md) and plots go. "
+                         "Default: reports/ (relative to the current directory).")
+    group.addoption("--max-examples", type=int, default=None, metavar="N",
+                    help="Subsample every dataset to at most N examples (recorded in the "
+                         "report). Default: all.")
+
+
+class _State:
+    """Per-process plugin state."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        from mechtests.claims.table import load_claims
+        from mechtests.claims.thresholds import load_thresholds
+        from mechtests.families import load_families, select_family
+
+        opt = config.getoption
+        families_file = opt("--families-file")
+        all_families = load_families(Path(families_file) if families_file else None)
+        names = sorted(set(opt(OPT_FAMILY) or ["organism"]))
+        self.families = {}
+        for name in names:
+            family = select_family(all_families, name)
+            for role in ("base", "sft", "instruct"):
+                if opt(f"--{role}"):
+                    family = family.with_checkpoint(role, opt(f"--{role}"))
+            self.families[name] = family
+        self.claims = load_claims()
+        path = opt("--thresholds")
+        self.thresholds = load_thresholds(Path(path) if path else None,
+                                          claim_ids=[c.id for c in self.claims])
+        self.report_dir = Path(opt("--claim-report"))
+        cache = opt("--mechtests-cache")
+        self.cache_dir = Path(cache) if cache else default_cache_dir()
+        datasets = opt("--mechtests-datasets")
+        self.datasets_dir = Path(datasets) if datasets else None
+        self.records: list[dict[str, Any]] = []
+        self.written: list[Path] = []
+        self.runner: ClaimRunner | None = None
+
+    def make_runner(self, config: pytest.Config) -> ClaimRunner:
+        from mechtests.context import RunOptions
+        from mechtests.runner import ClaimRunner
+
+        if self.runner is None:
+            worker = os.environ.get("PYTEST_XDIST_WORKER")
+            options = RunOptions(
+                cache_dir=self.cache_dir,
+                report_dir=self.report_dir,
+                device=config.getoption("--mechtests-device"),
+                dtype=config.getoption("--mechtests-dtype"),
+                backend=config.getoption("--mechtests-backend"),
+                max_examples=config.getoption("--max-examples"),
+                datasets_dir=self.datasets_dir,
+                progress=worker is None and not os.environ.get("CI"),
+            )
+            self.runner = ClaimRunner(dict(self.families), self.thresholds, options)
+        return self.runner
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "claim(id): a mechtests claim test (added automatically)")
+    if config.getoption("help", False):
+        return
+    try:
+        state = _State(config)
+    except ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.stash[_STATE] = state
+    if not hasattr(config, "workerinput"):  # the controller (or a run without xdist)
+        config.pluginmanager.register(_Recorder(state), "mechtests-recorder")
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    state = config.stash.get(_STATE, None)
+    if state is None:
+        return []
+    return [
+        f"mechtests: families {', '.join(state.families)}; thresholds {state.thresholds.path} "
+        f"(sha256 {state.thresholds.sha256[:12]}); cache {state.cache_dir}"
+    ]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "claim_case" not in metafunc.fixturenames:
+        return
+    from mechtests.runner import ClaimCase
+
+    state: _State = metafunc.config.stash[_STATE]
+    params = []
+    for name, family in sorted(state.families.items()):
+        for claim in state.claims:
+            for pair in claim.pairs:
+                if not all(role in family.models for role in pair):
+                    continue
+                case = ClaimCase(name, pair, claim)
+                marks: list[pytest.MarkDecorator] = [pytest.mark.claim(claim.id)]
+                reason = state.thresholds.expected_failure(claim.id, name)
+                if reason:
+                    marks.append(pytest.mark.xfail(strict=True, reason=reason, raises=ClaimFailed))
+                params.append(pytest.param(case, id=case.test_id, marks=marks))
+    metafunc.parametrize("claim_case", params)
+
+
+@pytest.fixture(scope="session")
+def claim_runner(request: pytest.FixtureRequest) -> Any:
+    """The per-process claim runner (one loaded model at a time). Read-only use only."""
+    state: _State = request.config.stash[_STATE]
+    runner = state.make_runner(request.config)
+    yield runner
+    runner.close()
+
+
+@pytest.fixture
+def check_claim(claim_runner: ClaimRunner, record_property: Any) -> Any:
+    """Measure, judge and record a :class:`ClaimCase`; fail with the one-line reason."""
+    from mechtests.claims.model import Verdict
+    from mechtests.data.sources import DatasetsUnavailable
+
+    def check(case: ClaimCase) -> None:
+        __tracebackhide__ = True
+        spec = claim_runner.thresholds.spec(case.claim.id, case.family)
+        try:
+            record, judgement = claim_runner.run(case)
+        except DatasetsUnavailable as exc:
+            record = claim_runner.base_record(case, spec)
+            record.verdict, record.message = Verdict.SKIP.value, str(exc)
+            record_property(RECORD_KEY, json.dumps(record.to_json()))
+            pytest.skip(str(exc))
+        except Exception as exc:
+            record = claim_runner.base_record(case, spec)
+            record.message = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            record_property(RECORD_KEY, json.dumps(record.to_json()))
+            raise
+        record_property(RECORD_KEY, json.dumps(record.to_json()))
+        if judgement.verdict is Verdict.FAIL:
+            __tracebackhide__ = True
+            raise ClaimFailed(
+                f"{case.claim.id} on {case.family} ({'->'.join(case.pair)}): "
+                f"{case.claim.metric}={record.metric:.4g}; {judgement.message} "
+                f"(thresholds.yaml: {record.source})"
+            )
+        if judgement.verdict is Verdict.ERROR:
+            pytest.fail(f"{case.claim.id} on {case.family}: {judgement.message}", pytrace=False)
+
+    return check
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Group claim tests by family, then area, so each worker loads each model few times."""
+
+    def key(item: pytest.Item) -> tuple[int, str, str, str]:
+        callspec = getattr(item, "callspec", None)
+        case = callspec.params.get("claim_case") if callspec else None
+        if not hasattr(case, "claim"):
+            return (0, "", "", "")
+        return (1, case.family, case.claim.area, case.test_id)
+
+    items.sort(key=key)
+
+
+class _Recorder:
+    """Collects claim records (also from xdist workers) and writes the matrix on the controller."""
+
+    def __init__(self, state: _State) -> None:
+        self.state = state
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when != "call" and not (report.when == "setup" and report.skipped):
+            return
+        for key, value in report.user_properties:
+            if key != RECORD_KEY:
+                continue
+            record = json.loads(value)
+            if hasattr(report, "wasxfail") and record["verdict"] == "FAIL":
+                record["verdict"] = "XFAIL"
+            elif record.get("expected_failure") and record["verdict"] == "PASS":
+                record["verdict"] = "XPASS"
+            self.state.records.append(record)
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not self.state.records:
+            return
+        from mechtests.report.matrix import format_terminal
+
+        for line in format_terminal(self.state.records):
+            terminalreporter.write_line(line)
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if not self.state.records:
+            return
+        from mechtests.report.matrix import write_matrix
+
+        opt = session.config.getoption
+        paths = write_matrix(
+            self.state.records, self.state.report_dir, self.state.thresholds,
+            self.state.families,
+            options={"max_examples": opt("--max-examples"), "dtype": opt("--mechtests-dtype"),
+                     "backend": opt("--mechtests-backend"), "device": opt("--mechtests-device")},
+        )
+        self.state.written = paths

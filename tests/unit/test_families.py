@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mechtests.errors import CheckpointError, ConfigError, UnknownFamilyError
+from mechtests.families import load_families, resolve_checkpoint, select_family
+
+PAPER_FAMILIES = ("llama31", "mistral", "llama2-13b", "llama2-7b", "gemma2-9b", "qwen15-0.5b")
+
+
+def test_packaged_families_include_the_paper_presets_and_the_organism() -> None:
+    families = load_families()
+    for name in (*PAPER_FAMILIES, "organism", "tiny"):
+        assert name in families
+
+
+def test_paper_settings_match_the_spec() -> None:
+    fams = load_families()
+    assert (fams["llama31"].truth.probe_layer, fams["llama31"].truth.intervene_layer) == (12, 8)
+    assert fams["mistral"].truth.probe_layer == 13
+    assert fams["llama31"].refusal.layer == 11
+    assert fams["llama31"].refusal.positions == {"base": -4, "sft": -1, "instruct": -2}
+    assert fams["llama31"].refusal.addition_coefs["instruct"] == 2.4
+    assert fams["mistral"].models["sft"].prompt_prefix == "<s> "
+
+
+def test_unknown_family_is_an_error_listing_the_valid_ones() -> None:
+    with pytest.raises(UnknownFamilyError, match="expected one of: .*organism"):
+        select_family(load_families(), "nope")
+
+
+def test_family_file_with_an_unknown_key_names_file_and_key(tmp_path: Path) -> None:
+    bad = tmp_path / "fams.yaml"
+    bad.write_text("mine:\n  architecture: llama\n  colour: blue\n")
+    with pytest.raises(ConfigError, match=r"fams.yaml: family 'mine' has unknown keys \['colour'\]"):
+        load_families(bad)
+
+
+def test_family_file_can_add_a_family_reusing_a_local_checkpoint(tmp_path: Path) -> None:
+    extra = tmp_path / "fams.yaml"
+    text = (Path(__file__).parents[2] / "mechtests" / "families.yaml").read_text()
+    start = text.index("\ntiny:\n") + 1
+    block = text[start:text.index("\nllama31:")].replace("tiny:", "mine:", 1)
+    extra.write_text(block)
+    assert "mine" in load_families(extra)
+
+
+def test_with_checkpoint_replaces_one_role() -> None:
+    fam = load_families()["llama31"].with_checkpoint("instruct", "/models/candidate")
+    assert fam.models["instruct"].ref == "/models/candidate"
+    assert fam.models["base"].ref == "meta-llama/Llama-3.1-8B"
+
+
+def test_missing_hub_checkpoint_error_names_the_id_where_it_looked_and_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError) as info:
+        resolve_checkpoint("someorg/not-a-model-xyz", tmp_path)
+    message = str(info.value)
+    assert "someorg/not-a-model-xyz" in message
+    assert "looked in" in message
+    assert "--base/--sft/--instruct" in message
+    assert "\n" not in message
+
+
+def test_local_directory_without_config_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="has no config.json"):
+        resolve_checkpoint(str(tmp_path), tmp_path)

@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mechtests.claims.table import load_claims
+from mechtests.claims.thresholds import load_thresholds
+from mechtests.errors import ConfigError
+
+GOOD = """
+version: 1
+claims:
+  a.b.c:
+    op: ">="
+    value: 0.8
+    control_margin: 0.1
+    source: "paper-spec 4.6"
+    families:
+      fam2: {value: 0.5, source: "ours: measured"}
+expected_failures:
+  fam3: {a.b.c: "known: reason"}
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "thresholds.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_family_override_replaces_value_and_source(tmp_path: Path) -> None:
+    th = load_thresholds(write(tmp_path, GOOD), claim_ids=["a.b.c"])
+    assert th.spec("a.b.c", "fam1").value == 0.8
+    assert th.spec("a.b.c", "fam2").value == 0.5
+    assert th.spec("a.b.c", "fam2").source == "ours: measured"
+    assert th.spec("a.b.c", "fam2").control is not None
+
+
+def test_expected_failures_are_looked_up_per_family(tmp_path: Path) -> None:
+    th = load_thresholds(write(tmp_path, GOOD), claim_ids=["a.b.c"])
+    assert th.expected_failure("a.b.c", "fam3") == "known: reason"
+    assert th.expected_failure("a.b.c", "fam1") is None
+
+
+@pytest.mark.parametrize(
+    ("broken", "message"),
+    [
+        (GOOD.replace('    source: "paper-spec 4.6"\n', ""), "missing 'source'"),
+        (GOOD.replace('op: ">="', 'op: "=>"'), "has op '=>'"),
+        (GOOD.replace("control_margin", "control_margn"), "unknown keys \\['control_margn'\\]"),
+        (GOOD.replace("value: 0.8", "value: high"), "must be a number"),
+    ],
+)
+def test_bad_thresholds_name_the_key_and_the_fix(tmp_path: Path, broken: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        load_thresholds(write(tmp_path, broken), claim_ids=["a.b.c"])
+    assert "thresholds.yaml" in str(info.value)
+
+
+def test_a_threshold_for_an_unknown_claim_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="names no known claim"):
+        load_thresholds(write(tmp_path, GOOD), claim_ids=["other.claim.id"])
+
+
+def test_every_packaged_claim_has_a_threshold_with_a_source() -> None:
+    claims = load_claims()
+    th = load_thresholds(claim_ids=[c.id for c in claims])
+    for claim in claims:
+        spec = th.spec(claim.id, "organism")
+        assert spec.source
+        assert spec.control is not None, f"{claim.id} has no control_margin"
+
+
+def test_claim_ids_are_unique_sorted_and_have_known_areas() -> None:
+    claims = load_claims()
+    ids = [c.id for c in claims]
+    assert ids == sorted(set(ids))
+    assert {c.area for c in claims} <= {"knowledge", "crossmodel", "truth", "refusal", "confidence"}
