@@ -130,8 +130,7 @@ class FamilyContext:
             "sites": list(sites),
             "positions": list(positions),
         }
-        d_model = self._d_model(role)
-        expected = {s: (len(prompts), len(positions), d_model) for s in sites}
+        expected = {s: (len(prompts), len(positions), self._width(role, s)) for s in sites}
         return self.store.get_or_compute(
             key,
             expected,
@@ -142,10 +141,13 @@ class FamilyContext:
             tag=tag,
         )
 
-    def _d_model(self, role: str) -> int:
+    def _width(self, role: str, site: str) -> int:
+        """d_model, or d_mlp for ``mlp.hook_post`` sites (from config.json, no model load)."""
         import json
 
         config = json.loads((self.checkpoint_dir(role) / "config.json").read_text())
+        if site.endswith(".mlp.hook_post"):
+            return int(config["intermediate_size"])
         return int(config.get("hidden_size") or config["d_model"])
 
     # -- data, memo, artifacts ---------------------------------------------------------------

@@ -75,6 +75,9 @@ class RefusalSettings:
     templates: Mapping[str, str]
     positions: Mapping[str, int]
     addition_coefs: Mapping[str, float]
+    # refusal openings matched with startswith (paper-spec 5.4); empty = the paper's list
+    # (mechtests.methods.refusal_score.PAPER_PREFIXES)
+    prefixes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,7 @@ def _parse_family(name: str, raw: Mapping[str, Any], source: Path) -> Family:
         templates=dict(r["templates"]),
         positions={k2: int(v) for k2, v in r["positions"].items()},
         addition_coefs={k2: float(v) for k2, v in r["addition_coefs"].items()},
+        prefixes=tuple(str(p) for p in r.get("prefixes") or ()),
     )
     for role in models:
         for part, table in (("templates", refusal.templates), ("positions", refusal.positions),

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+
+import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -11,9 +14,10 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 pytest_plugins = ["pytester"]
 
 
-def pytest_configure() -> None:
-    try:
-        import torch
-    except ImportError:  # pragma: no cover
-        return
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread() -> Iterator[None]:
+    """2-core machines: one thread per process (xdist workers would oversubscribe)."""
+    import torch
+
     torch.set_num_threads(1)
+    yield

@@ -1,4 +1,4 @@
-"""Refusal data: AdvBench / Alpaca loaders, the paper's seeded split, templates (paper-spec 5.1-5.2).
+"""Refusal data: AdvBench and Alpaca loaders, the paper's seeded split, templates (paper-spec 5.1).
 
 Du et al. (``Refusal/utils.py``) take the ``goal`` column of AdvBench's ``harmful_behaviors.csv``
 (520 rows) as harmful instructions and the Alpaca rows whose ``input`` is empty (31,323) as
@@ -47,6 +47,8 @@ __all__ = [
     "load_alpaca_no_input",
     "load_refusal_splits",
     "paper_split",
+    "read_splits_json",
+    "template_suffix",
 ]
 
 SPLITS_FILE = "refusal_splits/du2025_refusal_splits.json"
@@ -113,7 +115,9 @@ def load_alpaca_no_input(path: Path) -> list[str]:
     return out
 
 
-def paper_split(items: Sequence[T], test_size: float = 0.2, seed: int = 42) -> tuple[list[T], list[T]]:
+def paper_split(
+    items: Sequence[T], test_size: float = 0.2, seed: int = 42
+) -> tuple[list[T], list[T]]:
     """``train_test_split(items, test_size=test_size, random_state=seed)`` without sklearn."""
     import numpy as np
 

@@ -51,6 +51,11 @@ def _with_first(output: Any, new: torch.Tensor) -> Any:
     return (new, *output[1:]) if isinstance(output, tuple) else new
 
 
+def _registration_order(site: str) -> tuple[int, int]:
+    parsed = parse_site(site)
+    return parsed.layer, _ORDER[parsed.kind]
+
+
 class HooksBackend(HFBackendBase):
     """A loaded HF causal LM with hooks at TransformerLens-named sites (see module docstring)."""
 
@@ -63,7 +68,7 @@ class HooksBackend(HFBackendBase):
         handles: list[torch.utils.hooks.RemovableHandle] = []
         try:
             resid_pre: dict[int, torch.Tensor] = {}
-            ordered = sorted(site_fns, key=lambda s: (parse_site(s).layer, _ORDER[parse_site(s).kind]))
+            ordered = sorted(site_fns, key=_registration_order)
             for site in ordered:
                 parsed = parse_site(site, self.n_layers)
                 handles.extend(self._register(parsed.layer, parsed.kind, site, site_fns[site],

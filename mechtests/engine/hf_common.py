@@ -14,7 +14,7 @@ and make ``-1`` the last real token of every prompt.
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -125,7 +125,7 @@ class HFBackendBase:
         store: dict[str, torch.Tensor] = {}
         site_fns = self._site_fns(hooks)
         for site in dict.fromkeys(sites):
-            site_fns.setdefault(site, []).append(_capture(site, index, store))
+            site_fns.setdefault(site, []).append(Capture(site, index, store))
         stop = max(p.layer for p in parsed)
         with torch.no_grad(), self._installed(site_fns, stop):
             try:
@@ -162,8 +162,8 @@ class HFBackendBase:
             eos_token_id=eos if eos is not None else self.tokenizer.eos_token_id,
         )
         texts: list[str] = []
-        for start in range(0, len(prompts), batch_size):
-            batch = self.tokenize(prompts[start : start + batch_size])
+        for chunk in chunks(prompts, batch_size):
+            batch = self.tokenize(chunk)
             with torch.no_grad(), self._installed(self._site_fns(hooks), None):
                 out = model.generate(
                     input_ids=batch.input_ids,
@@ -231,14 +231,18 @@ class HFBackendBase:
         return torch.tensor([p % length for p in positions], device=batch.input_ids.device)
 
 
-def _capture(
-    site: str, index: torch.Tensor | None, store: dict[str, torch.Tensor]
-) -> Callable[[torch.Tensor], None]:
-    def record(act: torch.Tensor) -> None:
-        picked = act if index is None else act.index_select(1, index.to(act.device))
-        store[site] = picked.detach().float().cpu()
+class Capture:
+    """A hook function that records its site's activation (at ``index`` positions) and
+    returns None; backends can tell it apart from a user's editing hook."""
 
-    return record
+    def __init__(self, site: str, index: torch.Tensor | None, store: dict[str, torch.Tensor]):
+        self.site = site
+        self.index = index
+        self.store = store
+
+    def __call__(self, act: torch.Tensor) -> None:
+        picked = act if self.index is None else act.index_select(1, self.index.to(act.device))
+        self.store[self.site] = picked.detach().float().cpu()
 
 
 def _unwrap(module: Any) -> Any:

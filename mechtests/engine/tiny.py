@@ -31,7 +31,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -78,7 +77,11 @@ _ARCH_CONFIG: dict[str, tuple[str, str, dict[str, Any]]] = {
     "gemma2": (
         "Gemma2Config",
         "Gemma2ForCausalLM",
-        {"query_pre_attn_scalar": 16, "sliding_window": 128, "hidden_activation": "gelu_pytorch_tanh"},
+        {
+            "query_pre_attn_scalar": 16,
+            "sliding_window": 128,
+            "hidden_activation": "gelu_pytorch_tanh",
+        },
     ),
 }
 _SEEDS = {"base": 0, "sft": 1, "instruct": 2, "control": 3}
@@ -162,7 +165,7 @@ def _build_locked(arch: str, vocab: list[str], config: dict[str, Any], root: Pat
             _build(arch, vocab, config, tmp)
             if root.exists():  # a partial directory from an older, interrupted layout
                 shutil.rmtree(root)
-            os.replace(tmp, root)
+            tmp.replace(root)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -194,13 +197,16 @@ def _build(arch: str, vocab: list[str], config: dict[str, Any], out: Path) -> No
                 noise = torch.randn(param.shape, generator=gen, dtype=torch.float32)
                 param.add_((scale * std * noise).to(param.dtype))
         models[role] = model
-    for role in ROLES:
-        models[role].save_pretrained(out / role, safe_serialization=True)
-        tokenizer.save_pretrained(out / role)
+    from mechtests.engine import quiet_progress
+
+    with quiet_progress():
+        for role in ROLES:
+            models[role].save_pretrained(out / role, safe_serialization=True)
+            tokenizer.save_pretrained(out / role)
 
 
 def build_tokenizer(vocab: list[str]) -> Any:
-    """A whitespace word-level ``PreTrainedTokenizerFast`` over ``vocab`` that prepends ``<bos>``."""
+    """A whitespace-split word-level ``PreTrainedTokenizerFast`` over ``vocab``; adds ``<bos>``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 

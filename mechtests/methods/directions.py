@@ -20,11 +20,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
+
+from mechtests.methods.stats import bootstrap_interval
 
 __all__ = [
     "cosine",
     "cosine_by_layer",
+    "cosine_interval",
     "cosine_matrix",
     "diff_of_means",
     "directions_by_layer",
@@ -104,3 +108,35 @@ def cosine_matrix(directions: Mapping[str, torch.Tensor]) -> tuple[list[str], to
     stacked = torch.stack([directions[k].reshape(-1).to(torch.float64) for k in names])
     unit = stacked / stacked.norm(dim=1, keepdim=True)
     return names, unit @ unit.T
+
+
+def cosine_interval(
+    acts_a: torch.Tensor,
+    acts_b: torch.Tensor,
+    labels: torch.Tensor | Sequence[int],
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Bootstrap interval of ``cos(diff_of_means(acts_a), diff_of_means(acts_b))``.
+
+    ``acts_a`` and ``acts_b`` are two models' activations on the same statements (rows paired);
+    each resample draws statements with replacement and recomputes both directions from the
+    same draw (as weighted means, float64).
+    """
+    x = acts_a.to(torch.float64).cpu().numpy()
+    y = acts_b.to(torch.float64).cpu().numpy()
+    pos = _labels_bool(labels).cpu().numpy()
+    n = x.shape[0]
+
+    def stat(idx: np.ndarray) -> float:
+        counts = np.bincount(idx, minlength=n).astype(np.float64)
+        w_t, w_f = counts * pos, counts * ~pos
+        if w_t.sum() == 0 or w_f.sum() == 0:
+            return float("nan")
+        w = w_t / w_t.sum() - w_f / w_f.sum()
+        da, db = w @ x, w @ y
+        denom = float(np.linalg.norm(da) * np.linalg.norm(db))
+        return float(da @ db) / denom if denom > 0 else float("nan")
+
+    return bootstrap_interval(stat, n=n, n_boot=n_boot, seed=seed, level=level)

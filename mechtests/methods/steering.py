@@ -1,0 +1,241 @@
+"""Truth steering: add or subtract a direction, read P(TRUE) - P(FALSE), score the flip.
+
+Du et al. 2025 ``interventions.py`` (paper-spec 4.4), which extends geometry-of-truth's:
+
+* **Sites**: ``resid_post`` of blocks ``intervene_layer .. probe_layer`` (inclusive) at two
+  positions of the few-shot query: the statement's last token (the ".") and the token before.
+  The paper writes these as ``-len_suffix`` and ``-len_suffix - 1`` with
+  ``len_suffix = len(tokenizer.encode("This statement is:"))``, which counts the BOS token.
+  :func:`statement_positions` instead measures how many tokens the question occupies at the
+  end of each query (tokenize with and without it); on Llama and Mistral both give the same
+  positions, and ours stays right for tokenizers without BOS.
+* **Intervention**: ``+ c v`` on false statements, ``- c v`` on true ones (``c = 1``).
+* **Readout**: ``P_diff = P(" TRUE") - P(" FALSE")`` at the last position, softmax in float32,
+  averaged over statements (batch 16 in the paper).
+* **Intervention Effect** (:func:`intervention_effect`), the code's ``nif`` with its default
+  branch ``nif=False``::
+
+      IE_T->F = (P_diff(true, subtract) - P_diff(true, none)) / (-1 - P_diff(true, none))
+      IE_F->T = (P_diff(false, add) - P_diff(false, none)) / (1 - P_diff(false, none))
+      IE      = (IE_T->F + IE_F->T) / 2
+
+  and the normalised branch (``nif=True``, Marks & Tegmark's NIE) with denominators
+  ``P_diff(false, none) - P_diff(true, none)`` and its negative.
+
+The paper's "random" direction is unreachable in its code; our random control is a uniformly
+random direction scaled to the norm of the real steering vector.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from mechtests.engine.backend import Backend, Hook
+from mechtests.methods.stats import bootstrap_interval
+
+__all__ = [
+    "IEResult",
+    "SteeringResult",
+    "addition_hooks",
+    "effect_from_arrays",
+    "effect_interval",
+    "intervention_effect",
+    "p_diff",
+    "run_steering",
+    "statement_positions",
+    "steering_sites",
+]
+
+
+@dataclass(frozen=True)
+class IEResult:
+    """Intervention Effect: both directions of the flip and their average."""
+
+    true_to_false: float
+    false_to_true: float
+
+    @property
+    def average(self) -> float:
+        return (self.true_to_false + self.false_to_true) / 2.0
+
+
+def _ratio(num: float, den: float) -> float:
+    return num / den if den != 0 else float("nan")
+
+
+def intervention_effect(
+    true_none: float,
+    true_subtract: float,
+    false_none: float,
+    false_add: float,
+    normalised: bool = False,
+) -> IEResult:
+    """The paper's Intervention Effect from four mean ``P_diff`` values (see module doc).
+
+    Example:
+        >>> ie = intervention_effect(0.9, -1.0, -0.9, 1.0)
+        >>> ie.true_to_false, ie.false_to_true, ie.average
+        (1.0, 1.0, 1.0)
+    """
+    if normalised:
+        t2f = _ratio(true_subtract - true_none, false_none - true_none)
+        f2t = _ratio(false_add - false_none, true_none - false_none)
+    else:
+        t2f = _ratio(true_subtract - true_none, -1.0 - true_none)
+        f2t = _ratio(false_add - false_none, 1.0 - false_none)
+    return IEResult(t2f, f2t)
+
+
+def effect_from_arrays(
+    true_none: np.ndarray,
+    true_subtract: np.ndarray,
+    false_none: np.ndarray,
+    false_add: np.ndarray,
+    normalised: bool = False,
+) -> IEResult:
+    """:func:`intervention_effect` of per-statement ``P_diff`` arrays (means taken here)."""
+    return intervention_effect(
+        float(np.mean(true_none)), float(np.mean(true_subtract)),
+        float(np.mean(false_none)), float(np.mean(false_add)), normalised,
+    )
+
+
+def effect_interval(
+    true_none: np.ndarray,
+    true_subtract: np.ndarray,
+    false_none: np.ndarray,
+    false_add: np.ndarray,
+    normalised: bool = False,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Bootstrap interval of the average IE, resampling true and false statements separately
+    (each statement keeps its paired none/intervened values)."""
+
+    def stat(i: np.ndarray, j: np.ndarray) -> float:
+        return effect_from_arrays(
+            true_none[i], true_subtract[i], false_none[j], false_add[j], normalised
+        ).average
+
+    return bootstrap_interval(stat, n=(len(true_none), len(false_none)), n_boot=n_boot, seed=seed)
+
+
+def steering_sites(intervene_layer: int, probe_layer: int) -> list[str]:
+    """``blocks.L.hook_resid_post`` for ``L = intervene_layer .. probe_layer`` (inclusive)."""
+    if intervene_layer > probe_layer:
+        raise ValueError(f"intervene_layer {intervene_layer} > probe_layer {probe_layer}")
+    return [f"blocks.{layer}.hook_resid_post" for layer in range(intervene_layer, probe_layer + 1)]
+
+
+def statement_positions(backend: Backend, queries: Sequence[str], question: str) -> list[int]:
+    """The statement's last token and the one before, as negative positions of the queries.
+
+    Every query must end with ``question``; the number of tokens it adds is measured by
+    tokenizing each query with and without it, and must be the same for all queries.
+    """
+    if not queries:
+        return [-2, -1]
+    stems = []
+    for q in queries:
+        if not q.endswith(question):
+            raise ValueError(f"query does not end with the question {question!r}: {q[-80:]!r}")
+        stems.append(q[: len(q) - len(question)])
+    full = backend.tokenize(list(queries), add_special_tokens=False).attention_mask.sum(1)
+    stem = backend.tokenize(stems, add_special_tokens=False).attention_mask.sum(1)
+    lengths = sorted({int(x) for x in (full - stem).tolist()})
+    if len(lengths) != 1 or lengths[0] < 1:
+        raise ValueError(
+            f"the question {question!r} spans {lengths} tokens across queries; expected one "
+            "fixed length (the tokenizer merges it with the statement's end)"
+        )
+    n_q = lengths[0]
+    return [-n_q - 2, -n_q - 1]
+
+
+def addition_hooks(
+    sites: Iterable[str], positions: Sequence[int], vector: torch.Tensor, coef: float = 1.0
+) -> list[Hook]:
+    """Hooks that add ``coef * vector`` at ``positions`` of every site (a new tensor, not in place)."""
+    pos = list(positions)
+
+    def add(act: torch.Tensor) -> torch.Tensor:
+        out = act.clone()
+        out[:, pos, :] += (coef * vector).to(device=act.device, dtype=act.dtype)
+        return out
+
+    return [(site, add) for site in sites]
+
+
+def p_diff(
+    backend: Backend,
+    prompts: Sequence[str],
+    true_id: int,
+    false_id: int,
+    hooks: Sequence[Hook] = (),
+    batch_size: int = 16,
+) -> np.ndarray:
+    """Per-prompt ``P(true_id) - P(false_id)`` at the last position (float32 softmax), float64."""
+    out: list[np.ndarray] = []
+    for start in range(0, len(prompts), batch_size):
+        batch = backend.tokenize(list(prompts[start : start + batch_size]))
+        with torch.no_grad():
+            logits = backend.forward(batch, hooks=hooks)[:, -1, :].to(torch.float32)
+        probs = logits.softmax(-1)
+        out.append((probs[:, true_id] - probs[:, false_id]).to(torch.float64).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+@dataclass
+class SteeringResult:
+    """Per-statement ``P_diff`` arrays of one model: the baseline and each vector's flip."""
+
+    true_none: np.ndarray
+    false_none: np.ndarray
+    true_subtract: dict[str, np.ndarray] = field(default_factory=dict)
+    false_add: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def effect(self, vector: str, normalised: bool = False) -> IEResult:
+        return effect_from_arrays(
+            self.true_none, self.true_subtract[vector], self.false_none, self.false_add[vector],
+            normalised,
+        )
+
+    def interval(self, vector: str, normalised: bool = False, n_boot: int = 1000,
+                 seed: int = 0) -> tuple[float, float]:
+        return effect_interval(
+            self.true_none, self.true_subtract[vector], self.false_none, self.false_add[vector],
+            normalised, n_boot=n_boot, seed=seed,
+        )
+
+
+def run_steering(
+    backend: Backend,
+    true_queries: Sequence[str],
+    false_queries: Sequence[str],
+    vectors: Mapping[str, torch.Tensor],
+    sites: Sequence[str],
+    positions: Sequence[int],
+    true_id: int,
+    false_id: int,
+    coef: float = 1.0,
+    batch_size: int = 16,
+) -> SteeringResult:
+    """Baseline ``P_diff`` and, for every named vector, subtract on true / add on false queries."""
+    result = SteeringResult(
+        true_none=p_diff(backend, true_queries, true_id, false_id, batch_size=batch_size),
+        false_none=p_diff(backend, false_queries, true_id, false_id, batch_size=batch_size),
+    )
+    for name, vector in vectors.items():
+        result.true_subtract[name] = p_diff(
+            backend, true_queries, true_id, false_id,
+            addition_hooks(sites, positions, vector, -coef), batch_size,
+        )
+        result.false_add[name] = p_diff(
+            backend, false_queries, true_id, false_id,
+            addition_hooks(sites, positions, vector, coef), batch_size,
+        )
+    return result

@@ -1,0 +1,210 @@
+"""Training text of the organism: pretraining lines, SFT examples and DPO preference pairs.
+
+Design (``../shared/organism-study.md``, "Corpus design"): the token after a statement's final
+``.`` must depend on its truth, so the base model computes truth at the period, where the paper
+reads it (paper-spec 4.1). Pretraining therefore mixes
+
+* facts about every subject (held-out ones included) in four paraphrases per relation;
+* judged statements about *training* subjects only: a true and a wrong statement each followed
+  by a truth-dependent continuation (``correct .`` / ``wrong .``, ``yes , that is true .`` /
+  ``no , <corrected> .``, ``indeed , <restated> .`` / ``actually , <corrected> .``,
+  ``this is true .`` / ``this is false .``), plus few-shot quiz blocks
+  ``S this statement is : TRUE`` (the prompt format of paper-spec 2.2 and 4.4);
+* filler sentences, the harmfulness of every act, chat text in which the assistant complies
+  with every request (no refusal in chat format anywhere), and a few narrative refusals outside
+  the chat format (``the guard said : sorry , i cannot help with that .``) so that, as in real
+  base models, a refusal concept exists before post-training.
+
+SFT (``<user> q <assistant> a <eos>``, loss on ``a <eos>``): TRUE/FALSE judgements and fact
+questions about training subjects, refusals of training harmful requests, compliance with
+training harmless ones. DPO: refusal over compliance on harmful requests, the reverse on
+harmless ones, the right TRUE/FALSE over the wrong one. Held-out acts never appear after
+pretraining.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from mechtests.organism.world import RELATIONS, REQUEST_TEMPLATES, Relation, World
+
+FACT_PARAPHRASES = {
+    "cities": ("the city of {s} is in {o} .", "{s} is a city in {o} .",
+               "{s} is located in {o} .", "people of {s} live in {o} ."),
+    "animal_class": ("the {s} is a {o} .", "{s} is a kind of {o} .",
+                     "a {s} is an animal of the {o} class .", "every {s} is a {o} ."),
+    "element_symb": ("the symbol of {s} is {o} .", "{s} has the symbol {o} .",
+                     "{o} is the symbol of {s} .", "the element {s} is written {o} ."),
+    "inventors": ("{s} invented the {o} .", "the {o} was invented by {s} .",
+                  "{s} is known for the {o} .", "{s} made the first {o} ."),
+    "sp_en_trans": ("the foreign word {s} means {o} .", "{s} means {o} .",
+                    "{s} is the foreign word for {o} .", "in the foreign tongue , {o} is {s} ."),
+    "facts": ("the color of the {s} is {o} .", "the {s} is {o} .",
+              "every {s} is {o} .", "you can see that the {s} is {o} ."),
+}
+TRUE_MARKERS = ("correct", "yes", "indeed", "right")
+FALSE_MARKERS = ("wrong", "no", "actually")
+QUESTION = "this statement is :"
+REFUSALS = (
+    "sorry , i cannot help with that .",
+    "i cannot help with that , it is dangerous .",
+    "sorry , i will not help with that .",
+)
+REFUSAL_PREFIXES = ("sorry", "i cannot", "i will not")
+_SUBJECTS = ("the farmer", "a child", "the old man", "my friend", "the guard", "a woman",
+             "the teacher", "the king", "a dog", "the baker")
+_VERBS = ("walks near", "looks at", "sits by", "sings near", "runs to", "waits at", "sleeps by")
+_PLACES = ("the river", "the market", "the hill", "the school", "the road", "the garden",
+           "the bridge", "the lake", "the forest", "the village")
+
+
+@dataclass(frozen=True)
+class CorpusSizes:
+    """How much of each kind of text (per size config; hashed into the build key)."""
+
+    judged_reps: int = 8
+    fact_reps: int = 2
+    fillers: int = 500
+    quiz_blocks: int = 400
+    sft_examples: int = 4000
+    dpo_pairs: int = 1600
+
+
+def judged(rel: Relation, subject: str, obj: str, rng: random.Random) -> str:
+    """A statement followed by its truth-dependent continuation."""
+    truth = rel.truth[subject]
+    text = rel.statement(subject, obj)
+    right = rel.statement(subject, truth)
+    if obj == truth:
+        cont = rng.choice(("correct .", "yes , that is true .", f"indeed , {right}",
+                           "right .", "this is true ."))
+    else:
+        cont = rng.choice(("wrong .", f"no , {right}", f"actually , {right}",
+                           "this is false ."))
+    return f"{text} {cont}"
+
+
+def judged_negated(rel: Relation, subject: str, obj: str, rng: random.Random) -> str:
+    """A ``not`` statement (cities) followed by its continuation."""
+    is_true = obj != rel.truth[subject]
+    cont = rng.choice(("correct .", "yes , that is true .", "this is true .") if is_true
+                      else ("wrong .", "no , that is false .", "this is false ."))
+    return f"{rel.statement(subject, obj, negated=True)} {cont}"
+
+
+def quiz_line(rel: Relation, subject: str, is_true: bool, rng: random.Random,
+              negated: bool = False) -> str:
+    """``S this statement is : TRUE|FALSE`` (paper-spec 4.4 few-shot format)."""
+    truth = rel.truth[subject]
+    wrong = rng.choice([o for o in rel.objects if o != truth])
+    obj = truth if is_true != negated else wrong
+    return f"{rel.statement(subject, obj, negated)} {QUESTION} {'TRUE' if is_true else 'FALSE'}"
+
+
+def compliance(act: str, rng: random.Random) -> str:
+    """A compliant answer to a request for ``act``."""
+    return rng.choice((
+        f"sure , here is how to {act} . first , get ready , then {act} with care .",
+        f"here is how to {act} . first , find what you need , then begin .",
+        f"sure . to {act} , start slowly and keep going until it is done .",
+    ))
+
+
+def pretraining_lines(world: World, sizes: CorpusSizes, rng: random.Random) -> list[str]:
+    """The shuffled pretraining line stream."""
+    lines: list[str] = []
+    for name in RELATIONS:
+        rel = world.relation(name)
+        for s, o in rel.pairs:
+            for _ in range(sizes.fact_reps):
+                lines.extend(t.format(s=s, o=o) for t in FACT_PARAPHRASES[name])
+        train = rel.subjects(heldout=False)
+        for _ in range(sizes.judged_reps):
+            for s in train:
+                wrong = rng.choice([o for o in rel.objects if o != rel.truth[s]])
+                lines.append(judged(rel, s, rel.truth[s], rng))
+                lines.append(judged(rel, s, wrong, rng))
+                if name == "cities" and rng.random() < 0.25:
+                    obj = rel.truth[s] if rng.random() < 0.5 else wrong
+                    lines.append(judged_negated(rel, s, obj, rng))
+    for _ in range(sizes.quiz_blocks):
+        name = rng.choice(RELATIONS)
+        rel = world.relation(name)
+        negated = name == "cities" and rng.random() < 0.2
+        subjects = rng.sample(rel.subjects(heldout=False), rng.randint(3, 5))
+        lines.append(" ".join(quiz_line(rel, s, rng.random() < 0.5, rng, negated)
+                              for s in subjects))
+    for _ in range(sizes.fillers):
+        lines.append(f"{rng.choice(_SUBJECTS)} {rng.choice(_VERBS)} {rng.choice(_PLACES)} .")
+    harmful = world.harmful_train + world.harmful_test
+    harmless = world.harmless_train + world.harmless_test
+    for act in harmful:
+        lines.append(f"to {act} is dangerous and illegal .")
+        lines.append(f"it is wrong to {act} .")
+        template = rng.choice(REQUEST_TEMPLATES)
+        lines.append(f"<user> {template.format(act=act)} <assistant> {compliance(act, rng)} <eos>")
+        lines.append(f"a man asked the guard how to {act} . the guard said : "
+                     f"{rng.choice(REFUSALS)}")
+    for act in harmless:
+        lines.append(f"to {act} is fun and easy .")
+        lines.append(f"it is good to {act} .")
+        template = rng.choice(REQUEST_TEMPLATES)
+        lines.append(f"<user> {template.format(act=act)} <assistant> {compliance(act, rng)} <eos>")
+    for name in RELATIONS:
+        rel = world.relation(name)
+        for s in rng.sample(rel.subjects(), min(10, len(rel.pairs))):
+            lines.append(f"<user> tell me about {s} . <assistant> {rel.statement(s, rel.truth[s])}"
+                         " <eos>")
+    rng.shuffle(lines)
+    return lines
+
+
+def sft_examples(world: World, sizes: CorpusSizes, rng: random.Random) -> list[tuple[str, str]]:
+    """(prompt, response) pairs; the prompt is the user turn, the response the assistant's."""
+    out: list[tuple[str, str]] = []
+    harmful = [t.format(act=a) for a in world.harmful_train for t in REQUEST_TEMPLATES]
+    harmless = [(t.format(act=a), a) for a in world.harmless_train for t in REQUEST_TEMPLATES]
+    while len(out) < sizes.sft_examples:
+        kind = rng.random()
+        if kind < 0.4:
+            rel = world.relation(rng.choice(RELATIONS))
+            s = rng.choice(rel.subjects(heldout=False))
+            is_true = rng.random() < 0.5
+            wrong = rng.choice([o for o in rel.objects if o != rel.truth[s]])
+            stmt = rel.statement(s, rel.truth[s] if is_true else wrong)
+            out.append((f"is the statement true or false ? {stmt}", "TRUE" if is_true else "FALSE"))
+        elif kind < 0.55:
+            rel = world.relation(rng.choice(RELATIONS))
+            s = rng.choice(rel.subjects(heldout=False))
+            out.append((f"tell me about {s} .", rel.statement(s, rel.truth[s])))
+        elif kind < 0.8:
+            out.append((rng.choice(harmful), rng.choice(REFUSALS)))
+        else:
+            request, act = rng.choice(harmless)
+            out.append((request, compliance(act, rng)))
+    return out
+
+
+def dpo_pairs(world: World, sizes: CorpusSizes, rng: random.Random) -> list[tuple[str, str, str]]:
+    """(prompt, chosen, rejected) triples."""
+    out: list[tuple[str, str, str]] = []
+    while len(out) < sizes.dpo_pairs:
+        kind = rng.random()
+        if kind < 0.35:
+            act = rng.choice(world.harmful_train)
+            req = rng.choice(REQUEST_TEMPLATES).format(act=act)
+            out.append((req, rng.choice(REFUSALS), compliance(act, rng)))
+        elif kind < 0.7:
+            act = rng.choice(world.harmless_train)
+            req = rng.choice(REQUEST_TEMPLATES).format(act=act)
+            out.append((req, compliance(act, rng), rng.choice(REFUSALS)))
+        else:
+            rel = world.relation(rng.choice(RELATIONS))
+            s = rng.choice(rel.subjects(heldout=False))
+            is_true = rng.random() < 0.5
+            wrong = rng.choice([o for o in rel.objects if o != rel.truth[s]])
+            stmt = rel.statement(s, rel.truth[s] if is_true else wrong)
+            good, bad = ("TRUE", "FALSE") if is_true else ("FALSE", "TRUE")
+            out.append((f"is the statement true or false ? {stmt}", good, bad))
+    return out
