@@ -2,6 +2,7 @@
 
     mechtests run [PYTEST_ARGS...]     run the claim suite (pytest --pyargs mechtests.suite)
     mechtests families                 list the model families and their checkpoints
+    mechtests report [--alluredir DIR] HTML claim matrix + single-file Allure 3 report
     mechtests organism build ...       train the organism family (base, SFT, instruct, control)
 
 ``mechtests run`` passes every argument on to pytest, so all plugin options work, e.g.
@@ -55,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                           description="List the model families and their checkpoint references.")
     fams.add_argument("--families-file", default=None,
                       help="extra YAML file of families. Default: none.")
+    from mechtests.report.cli import add_report_subparser
+
+    add_report_subparser(sub)
     try:
         from mechtests.organism.cli import add_subparser
     except ImportError:  # organism package not available
@@ -71,6 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "families":
         return _families(args.families_file)
+    if args.command == "report":
+        from mechtests.report.cli import run_report
+
+        return run_report(args)
     if args.command == "organism":
         from mechtests.organism.cli import run as run_organism
 

@@ -109,7 +109,9 @@ class ClaimRunner:
         record.seconds = round(time.perf_counter() - start, 3)
         judgement = judge(measurement, spec)
         if ctx.family.random_weights:
-            judgement = Judgement(Verdict.TIMING, "random weights: timing only", judgement.bound)
+            judgement = Judgement(
+                Verdict.INFO, f"random weights: no verdict (would be {judgement.verdict}: "
+                f"{judgement.message})", judgement.bound)
         record.verdict = judgement.verdict.value
         record.message = judgement.message
         record.metric = float(measurement.metric)

@@ -16,6 +16,7 @@ Controls:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import zlib
@@ -63,7 +64,11 @@ def _final_config(ctx: FamilyContext, role: str) -> tuple[float, float | None]:
 
 def _stats(ctx: FamilyContext, role: str, fold: bool) -> NeuronStats:
     def compute() -> NeuronStats:
-        weights = ctx.backend(role).readout_weights()
+        backend = ctx.backend(role)
+        weights = backend.readout_weights()  # CPU copies; compute where the model lives
+        if backend.device.type != "cpu":
+            weights = dataclasses.replace(weights, unembed=weights.unembed.to(backend.device),
+                                          mlp_out=weights.mlp_out.to(backend.device))
         return neuron_stats(weights, fold=fold, softcap=_final_config(ctx, role)[1])
 
     return ctx.memo(f"confidence.stats:{role}:fold={fold}", compute)

@@ -21,7 +21,7 @@ class Verdict(str, Enum):
     FAIL = "FAIL"
     SKIP = "SKIP"
     ERROR = "ERROR"
-    TIMING = "TIMING"  # random-weight real-shape run: numbers are timing-only
+    INFO = "INFO"  # random-weight family (tiny, real-shape timing runs): numbers, no verdict
 
     def __str__(self) -> str:
         return self.value
@@ -73,6 +73,7 @@ class ThresholdSpec:
     source: str
     note: str = ""
     uses_interval: bool = True
+    tolerance: float | str | None = None  # baseline drift; None: mechtests.report.baseline default
 
 
 @dataclass(frozen=True)

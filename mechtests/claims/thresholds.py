@@ -20,7 +20,7 @@ from mechtests.errors import ConfigError
 
 PACKAGED_THRESHOLDS = Path(__file__).resolve().parent.parent / "thresholds.yaml"
 _OPS = (">=", "<=")
-_RULE_KEYS = {"op", "value", "control_margin", "uses_interval", "source", "note"}
+_RULE_KEYS = {"op", "value", "control_margin", "uses_interval", "source", "note", "tolerance"}
 _CLAIM_KEYS = _RULE_KEYS | {"families"}
 _TOP_KEYS = {"version", "claims", "expected_failures", "gates"}
 
@@ -54,6 +54,7 @@ class Thresholds:
             source=str(raw["source"]),
             note=str(raw.get("note", "")),
             uses_interval=bool(raw.get("uses_interval", True)),
+            tolerance=raw.get("tolerance"),  # baseline drift (mechtests.report.baseline)
         )
 
     def expected_failure(self, claim_id: str, family: str) -> str | None:
@@ -79,6 +80,11 @@ def _check_rule(rule: Mapping[str, Any], where: str, path: Path, partial: bool) 
     for key in ("value", "control_margin"):
         if key in rule and not isinstance(rule[key], (int, float)):
             raise ConfigError(f"{path}: {where}.{key} must be a number (got {rule[key]!r}).")
+    tol = rule.get("tolerance")
+    number_ok = isinstance(tol, (int, float)) and not isinstance(tol, bool) and tol >= 0
+    if tol is not None and not (number_ok or (isinstance(tol, str) and tol.strip().endswith("%"))):
+        raise ConfigError(f"{path}: {where}.tolerance must be a number >= 0 or 'N%' (got "
+                          f"{tol!r}). Fix: e.g. 'tolerance: 0.05' (absolute) or \"5%\".")
     if not partial:
         for key in ("op", "value", "source"):
             if key not in rule or rule[key] in (None, ""):

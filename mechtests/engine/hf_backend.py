@@ -33,7 +33,14 @@ from typing import Any
 import torch
 
 from mechtests.engine.backend import Batch
-from mechtests.engine.hf_common import HFBackendBase, SiteFns, StopForward, apply_fns, submodule
+from mechtests.engine.hf_common import (
+    HFBackendBase,
+    SiteFns,
+    StopAt,
+    StopForward,
+    apply_fns,
+    submodule,
+)
 from mechtests.sites import SITE_KINDS, parse_site
 
 _ORDER = {kind: i for i, kind in enumerate(
@@ -64,7 +71,7 @@ class HooksBackend(HFBackendBase):
         return layers[index]  # type: ignore[index,no-any-return]
 
     @contextmanager
-    def _installed(self, site_fns: SiteFns, stop_layer: int | None) -> Iterator[None]:
+    def _installed(self, site_fns: SiteFns, stop: StopAt | None) -> Iterator[None]:
         handles: list[torch.utils.hooks.RemovableHandle] = []
         try:
             resid_pre: dict[int, torch.Tensor] = {}
@@ -73,8 +80,8 @@ class HooksBackend(HFBackendBase):
                 parsed = parse_site(site, self.n_layers)
                 handles.extend(self._register(parsed.layer, parsed.kind, site, site_fns[site],
                                               resid_pre))
-            if stop_layer is not None:
-                handles.append(self._register_stop(stop_layer, site_fns))
+            if stop is not None:
+                handles.append(self._register_stop(stop))
             yield
         finally:
             for handle in handles:
@@ -121,17 +128,18 @@ class HooksBackend(HFBackendBase):
             return None if new is act else _with_first(output, new)
         return [module.register_forward_hook(out)]
 
-    def _register_stop(self, layer: int, site_fns: SiteFns) -> torch.utils.hooks.RemovableHandle:
-        def stop(*_: Any) -> None:
+    def _register_stop(self, stop: StopAt) -> torch.utils.hooks.RemovableHandle:
+        """Registered last, so it runs after every site hook on the same block."""
+
+        def end(*_: Any) -> None:
             raise StopForward
 
-        kinds = {parse_site(s).kind for s in site_fns if parse_site(s).layer == layer}
-        block = self._layer(layer)
-        if kinds == {"hook_resid_pre"}:
-            return block.register_forward_pre_hook(stop)
-        return block.register_forward_hook(stop)
+        block = self._layer(stop.layer)
+        if stop.before:
+            return block.register_forward_pre_hook(end)
+        return block.register_forward_hook(end)
 
-    def _call(self, batch: Batch, stop_layer: int | None) -> torch.Tensor | None:
+    def _call(self, batch: Batch, stop: StopAt | None) -> torch.Tensor | None:
         out = self.model(
             input_ids=batch.input_ids,
             attention_mask=batch.attention_mask,

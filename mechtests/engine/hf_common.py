@@ -3,7 +3,7 @@ model-independent half (tokenizing, caching at positions, greedy generation, rea
 
 A concrete backend supplies two things: :meth:`HFBackendBase._installed`, a context manager
 that activates hook functions (per site, applied in order) for the duration of a forward, and
-:meth:`HFBackendBase._call`, one forward of a batch that may stop after a given layer.
+:meth:`HFBackendBase._call`, one forward of a batch that may stop early (:class:`StopAt`).
 Everything else, including the conventions of :mod:`mechtests.engine.backend`, lives here once.
 
 Positions: left padding plus position ids derived from the attention mask (as HF ``generate``
@@ -16,6 +16,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,7 +24,7 @@ import torch
 from mechtests.engine.archs import ArchSpec, arch_spec
 from mechtests.engine.backend import Batch, Hook, HookFn, ReadoutWeights
 from mechtests.errors import ConfigError, SiteError
-from mechtests.sites import parse_site
+from mechtests.sites import Site, parse_site
 
 SiteFns = dict[str, list[HookFn]]
 """Site name -> hook functions to apply there, in order (user hooks first, captures last)."""
@@ -31,6 +32,21 @@ SiteFns = dict[str, list[HookFn]]
 
 class StopForward(Exception):
     """Raised from a hook to end a forward early once every needed site has been seen."""
+
+
+@dataclass(frozen=True)
+class StopAt:
+    """Where ``cache()`` may end the forward: before block ``layer`` runs (when only its
+    ``hook_resid_pre`` is needed) or right after it."""
+
+    layer: int
+    before: bool
+
+    @classmethod
+    def for_sites(cls, sites: Sequence[Site]) -> StopAt:
+        layer = max(site.layer for site in sites)
+        kinds = {site.kind for site in sites if site.layer == layer}
+        return cls(layer, kinds == {"hook_resid_pre"})
 
 
 def apply_fns(fns: Sequence[HookFn], act: torch.Tensor, site: str) -> torch.Tensor:
@@ -70,14 +86,12 @@ class HFBackendBase:
         self.dtype: torch.dtype = first.dtype
 
     # -- to implement ------------------------------------------------------------------------
-    def _installed(
-        self, site_fns: SiteFns, stop_layer: int | None
-    ) -> AbstractContextManager[None]:
-        """Activate ``site_fns``; with ``stop_layer``, end the forward (raise
-        :class:`StopForward`) once every site of that layer has run."""
+    def _installed(self, site_fns: SiteFns, stop: StopAt | None) -> AbstractContextManager[None]:
+        """Activate ``site_fns`` (a backend may also use ``stop`` to end the forward by raising
+        :class:`StopForward`)."""
         raise NotImplementedError
 
-    def _call(self, batch: Batch, stop_layer: int | None) -> torch.Tensor | None:
+    def _call(self, batch: Batch, stop: StopAt | None) -> torch.Tensor | None:
         """One forward of ``batch``; logits, or None when stopped early."""
         raise NotImplementedError
 
@@ -126,7 +140,7 @@ class HFBackendBase:
         site_fns = self._site_fns(hooks)
         for site in dict.fromkeys(sites):
             site_fns.setdefault(site, []).append(Capture(site, index, store))
-        stop = max(p.layer for p in parsed)
+        stop = StopAt.for_sites(parsed)
         with torch.no_grad(), self._installed(site_fns, stop):
             try:
                 self._call(batch, stop)

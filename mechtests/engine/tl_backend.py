@@ -22,6 +22,14 @@ Limits, measured on transformer-lens 4.3.0 (see tests/integration/test_backend_e
   ``hook_resid_mid`` is applied instead at the bridge's ``hook_attn_out`` as
   ``fn(resid_pre + attn_out) - resid_pre`` (``resid_pre`` recorded at ``hook_resid_pre``), the
   same construction as the hooks backend; the equivalence test checks both.
+* KV-cached generation is wrong out of the box with transformers 5.24: layers pass the cache to
+  attention as ``cache=``, the bridge's re-implemented attention reads ``past_key_values``, so
+  every decode step after the first ignores the prompt (all four tiny architectures, also via
+  ``bridge.generate`` and ``bridge.hf_generate``). :func:`_alias_cache_kwarg` fixes it with a
+  pre-hook; the equivalence test compares generation with KV-cache-free greedy decoding.
+* ``cache()`` stops early with the bridge's own ``stop_at_layer``.
+* In bfloat16 the two backends agree exactly on the tiny checkpoints; on real models the
+  bridge's re-implemented attention may round differently from HF's eager attention.
 * Activations are the raw HF basis (no folding), so numbers match the hooks backend rather than
   a legacy ``HookedTransformer``.
 """
@@ -35,7 +43,7 @@ from typing import Any
 import torch
 
 from mechtests.engine.backend import Batch, HookFn
-from mechtests.engine.hf_common import Capture, HFBackendBase, SiteFns, apply_fns
+from mechtests.engine.hf_common import Capture, HFBackendBase, SiteFns, StopAt, apply_fns
 from mechtests.errors import CheckpointError
 from mechtests.sites import parse_site, site_name
 
@@ -48,7 +56,7 @@ class BridgeBackend(HFBackendBase):
         self.bridge: Any = boot_bridge(model, tokenizer)
 
     @contextmanager
-    def _installed(self, site_fns: SiteFns, stop_layer: int | None) -> Iterator[None]:
+    def _installed(self, site_fns: SiteFns, stop: StopAt | None) -> Iterator[None]:
         with self.bridge.hooks(fwd_hooks=self._fwd_hooks(site_fns)):
             yield
 
@@ -73,8 +81,11 @@ class BridgeBackend(HFBackendBase):
         ordered = sorted(fns_by_site, key=lambda s: parse_site(s, self.n_layers))
         return [(site, _tl_hook(site, fns_by_site[site])) for site in ordered]
 
-    def _call(self, batch: Batch, stop_layer: int | None) -> torch.Tensor | None:
-        stop_at = None if stop_layer is None or stop_layer + 1 >= self.n_layers else stop_layer + 1
+    def _call(self, batch: Batch, stop: StopAt | None) -> torch.Tensor | None:
+        # The bridge's stop_at_layer=k fires block k's hook_resid_pre, then stops.
+        stop_at = None if stop is None else (stop.layer if stop.before else stop.layer + 1)
+        if stop_at is not None and stop_at >= self.n_layers:
+            stop_at = None
         out = self.bridge(
             batch.input_ids,
             attention_mask=batch.attention_mask,
@@ -142,4 +153,28 @@ def boot_bridge(model: Any, tokenizer: Any) -> Any:
     finally:
         logging.getLogger("transformers").setLevel(level)
     bridge.eval()
+    _alias_cache_kwarg(bridge)
     return bridge
+
+
+def _alias_cache_kwarg(bridge: Any) -> None:
+    """Hand the bridge's attention components the KV cache under the name they read.
+
+    transformers 5.24 passes a decoder layer's KV cache to its attention as ``cache=``
+    (``past_key_values`` is deprecated); transformer-lens 4.3's re-implemented attention
+    (``AttentionBridge._update_kv_cache``) reads only ``past_key_values``/``layer_past``, so
+    without this every cached decode step attends to itself alone and generation diverges from
+    greedy decoding after the first token (seen on all four tiny architectures). The alias is a
+    forward pre-hook, added only where a component updates the cache itself and only when
+    ``cache`` arrives without ``past_key_values``; it lives as long as the bridge.
+    """
+
+    def alias(_m: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if kwargs.get("cache") is not None and kwargs.get("past_key_values") is None:
+            kwargs["past_key_values"] = kwargs["cache"]
+            return args, kwargs
+        return None
+
+    for module in bridge.modules():
+        if callable(getattr(module, "_update_kv_cache", None)):
+            module.register_forward_pre_hook(alias, with_kwargs=True)

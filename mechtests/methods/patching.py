@@ -298,7 +298,7 @@ def _make_cache(kv: Sequence[tuple[torch.Tensor | None, torch.Tensor | None]]) -
     try:
         return DynamicCache(ddp_cache_data=kv)
     except TypeError:  # transformers 4.x
-        return DynamicCache.from_legacy_cache(tuple(kv))
+        return DynamicCache.from_legacy_cache(tuple(kv))  # type: ignore[attr-defined]
 
 
 def patch_suffix(

@@ -159,7 +159,7 @@ def statement_positions(backend: Backend, queries: Sequence[str], question: str)
 def addition_hooks(
     sites: Iterable[str], positions: Sequence[int], vector: torch.Tensor, coef: float = 1.0
 ) -> list[Hook]:
-    """Hooks that add ``coef * vector`` at ``positions`` of every site (a new tensor, not in place)."""
+    """Hooks adding ``coef * vector`` at ``positions`` of every site (new tensor, not in place)."""
     pos = list(positions)
 
     def add(act: torch.Tensor) -> torch.Tensor:

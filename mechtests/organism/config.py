@@ -48,9 +48,10 @@ class OrganismConfig:
     dpo_lr: float = 1e-4
     dpo_beta: float = 0.1
     corpus: CorpusSizes = field(default_factory=CorpusSizes)
-    threads: int = 2
+    threads: int = 1
     max_seeds: int = 3
     control_seed_offset: int = 1000
+    gated: bool = True  # False only for the ``tiny`` plumbing size (verdicts mean nothing)
 
     def key(self) -> str:
         """A short hash of the recipe and the code version (the cache directory name)."""
@@ -72,7 +73,7 @@ SIZES: dict[str, OrganismConfig] = {
     ),
     "tiny": OrganismConfig(
         size="tiny", hidden=32, layers=2, heads=2, ff=64, seq_len=32, pre_steps=6, pre_batch=4,
-        sft_steps=3, sft_batch=4, dpo_steps=2, dpo_batch=2, threads=1, max_seeds=1,
+        sft_steps=3, sft_batch=4, dpo_steps=2, dpo_batch=2, threads=1, max_seeds=1, gated=False,
         corpus=CorpusSizes(judged_reps=1, fact_reps=1, fillers=10, quiz_blocks=10,
                            sft_examples=40, dpo_pairs=20),
     ),

@@ -51,6 +51,11 @@ REFUSALS = (
     "i cannot help with that , it is dangerous .",
     "sorry , i will not help with that .",
 )
+COMPLIANCE = (
+    "sure , here is how to {act} . first , get ready , then {act} with care .",
+    "here is how to {act} . first , find what you need , then begin .",
+    "sure . to {act} , start slowly and keep going until it is done .",
+)
 REFUSAL_PREFIXES = ("sorry", "i cannot", "i will not")
 _SUBJECTS = ("the farmer", "a child", "the old man", "my friend", "the guard", "a woman",
              "the teacher", "the king", "a dog", "the baker")
@@ -104,11 +109,7 @@ def quiz_line(rel: Relation, subject: str, is_true: bool, rng: random.Random,
 
 def compliance(act: str, rng: random.Random) -> str:
     """A compliant answer to a request for ``act``."""
-    return rng.choice((
-        f"sure , here is how to {act} . first , get ready , then {act} with care .",
-        f"here is how to {act} . first , find what you need , then begin .",
-        f"sure . to {act} , start slowly and keep going until it is done .",
-    ))
+    return rng.choice(COMPLIANCE).format(act=act)
 
 
 def pretraining_lines(world: World, sizes: CorpusSizes, rng: random.Random) -> list[str]:
@@ -208,3 +209,23 @@ def dpo_pairs(world: World, sizes: CorpusSizes, rng: random.Random) -> list[tupl
             good, bad = ("TRUE", "FALSE") if is_true else ("FALSE", "TRUE")
             out.append((f"is the statement true or false ? {stmt}", good, bad))
     return out
+
+
+def lexicon(world: World) -> list[str]:
+    """Texts that hold every word any corpus or dataset can use (fixes the vocabulary)."""
+    texts: list[str] = [QUESTION, "TRUE FALSE", *TRUE_MARKERS, *FALSE_MARKERS, *REFUSALS,
+                        *_SUBJECTS, *_VERBS, *_PLACES, *REQUEST_TEMPLATES,
+                        "correct . yes , that is true . indeed , right . this is true .",
+                        "wrong . no , that is false . actually , this is false .",
+                        "a man asked the guard how to . the guard said :",
+                        "to is dangerous and illegal . it is wrong to is fun and easy good",
+                        "tell me about is the statement true or false ? <user> <assistant>"]
+    for name in RELATIONS:
+        rel = world.relation(name)
+        for s, o in rel.pairs:
+            texts.extend(t.format(s=s, o=o) for t in FACT_PARAPHRASES[name])
+            texts.append(rel.statement(s, o, negated=name == "cities"))
+    for act in (*world.harmful_train, *world.harmful_test, *world.harmless_train,
+                *world.harmless_test):
+        texts.extend(t.format(act=act) for t in COMPLIANCE)
+    return texts

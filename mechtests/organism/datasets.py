@@ -1,4 +1,4 @@
-"""The organism's built-in datasets, in the layout of the paper's data folder (paper-spec 2.1, 4.3, 5.1).
+"""The organism's built-in datasets in the paper's data layout (paper-spec 2.1, 4.3, 5.1).
 
 Written from :func:`mechtests.organism.world.make_world` into ``fixtures/organism/datasets``::
 

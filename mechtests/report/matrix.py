@@ -153,7 +153,7 @@ def to_markdown(records: Sequence[Record], meta: Mapping[str, Any]) -> str:
 
 def write_matrix(records: Sequence[Record], report_dir: Path, thresholds: Any,
                  families: Mapping[str, Any], options: Mapping[str, Any]) -> list[Path]:
-    """Write ``claim_matrix.json`` and ``claim_matrix.md``; return their paths."""
+    """Write ``claim_matrix.json``, ``.md`` and ``.html``; return their paths."""
     report_dir.mkdir(parents=True, exist_ok=True)
     checkpoints: dict[str, dict[str, str]] = {}
     for rec in records:
@@ -175,4 +175,6 @@ def write_matrix(records: Sequence[Record], report_dir: Path, thresholds: Any,
     tmp.write_text(json.dumps({**meta, "results": ordered}, indent=2, default=str))
     tmp.replace(json_path)
     md_path.write_text(to_markdown(ordered, meta))
-    return [json_path, md_path]
+    from mechtests.report.html import write_html  # claim_matrix.html (issue 7)
+
+    return [json_path, md_path, write_html(ordered, meta, report_dir)]

@@ -45,7 +45,8 @@ def plot_refusal_bars(
         for k, bar in enumerate(bars):
             xs = [i + (k - (len(bars) - 1) / 2) * width for i in range(len(groups))]
             ys = [groups[g].get(bar, float("nan")) for g in groups]
-            ax.bar(xs, ys, width, label=bar, color=BAR_COLOURS.get(bar))
+            container = ax.bar(xs, ys, width, label=bar, color=BAR_COLOURS.get(bar))
+            ax.bar_label(container, fmt="%.2f", fontsize=6, padding=1)
         ax.set_xticks(range(len(groups)))
         ax.set_xticklabels(list(groups), fontsize=8)
         ax.set_ylim(0, 1.05)

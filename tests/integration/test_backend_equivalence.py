@@ -12,14 +12,16 @@ Read-only use only: the backends are module-scoped, so a leaked hook would leak 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from mechtests.engine import load_backend
-from mechtests.engine.backend import Backend
+from mechtests.engine.backend import Backend, Batch
 from mechtests.engine.hf_common import HFBackendBase
 from mechtests.engine.tiny import ARCHS, resolve
 from mechtests.sites import SITE_KINDS, site_name
@@ -52,6 +54,14 @@ def pair(request: pytest.FixtureRequest, tiny_cache: Path) -> Iterator[tuple[Bac
 
 def all_sites(backend: Backend) -> list[str]:
     return [site_name(layer, kind) for layer in range(backend.n_layers) for kind in SITE_KINDS]
+
+
+def add(v: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda x: x + v.to(x)
+
+
+def record_length(lengths: list[int], x: torch.Tensor) -> None:
+    lengths.append(int(x.shape[1]))
 
 
 def offset(d_model: int, seed: int = 0) -> torch.Tensor:
@@ -95,7 +105,7 @@ def test_resid_mid_edit_reaches_the_residual_stream(pair: tuple[Backend, Backend
         kinds = ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out",
                  "hook_resid_post")
         sites = [site_name(0, k) for k in kinds]
-        acts = backend.cache(batch, sites, [-1], hooks=[(sites[2], lambda x: x + v.to(x))])
+        acts = backend.cache(batch, sites, [-1], hooks=[(sites[2], add(v))])
         pre, attn, mid, mlp, post = (acts[s] for s in sites)
         torch.testing.assert_close(mid, pre + attn + v, atol=ATOL, rtol=0)
         torch.testing.assert_close(post, mid + mlp, atol=ATOL, rtol=0)
@@ -146,19 +156,25 @@ def test_cache_equals_hf_hidden_states(pair: tuple[Backend, Backend]) -> None:
 
 
 def test_cache_stops_after_the_last_needed_layer(pair: tuple[Backend, Backend]) -> None:
-    hf = pair[0]
-    assert isinstance(hf, HFBackendBase)
-    calls: list[int] = []
-    handle = hf.model.get_submodule(hf.spec.layers)[1].register_forward_hook(
-        lambda *_: calls.append(1)
-    )
-    try:
-        hf.cache(hf.tokenize(PROMPTS), [site_name(0, "hook_resid_post")], [-1])
-        assert calls == []
-        hf.cache(hf.tokenize(PROMPTS), [site_name(1, "hook_resid_pre")], [-1])
-        assert calls == []
-    finally:
-        handle.remove()
+    batch = pair[0].tokenize(PROMPTS)
+    for backend in pair:
+        assert isinstance(backend, HFBackendBase)
+        calls: list[int] = []
+        handle = backend.model.get_submodule(backend.spec.layers)[1].register_forward_hook(
+            lambda *_, calls=calls: calls.append(1)
+        )
+        try:
+            got = backend.cache(batch, [site_name(0, "hook_resid_post")], [-1])
+            assert calls == []
+            backend.cache(batch, [site_name(1, "hook_resid_pre")], [-1])
+            assert calls == []
+            backend.cache(batch, [site_name(1, "hook_resid_pre"), site_name(1, "hook_mlp_out")])
+            assert calls == [1]
+        finally:
+            handle.remove()
+        full = backend.cache(batch, all_sites(backend), [-1])
+        torch.testing.assert_close(got[site_name(0, "hook_resid_post")],
+                                   full[site_name(0, "hook_resid_post")], atol=0, rtol=0)
 
 
 def test_last_position_is_the_last_real_token_whatever_the_padding(
@@ -187,18 +203,41 @@ def test_batched_generation_equals_unbatched_with_hooks_active(
     assert outputs[0] == outputs[1]
 
 
+def greedy_without_kv_cache(
+    backend: Backend, prompt: str, n: int, hooks: list[tuple[str, Any]]
+) -> str:
+    """Reference decoding: re-run the whole sequence (hooks at every position) per token."""
+    ids = backend.tokenize([prompt]).input_ids
+    start = int(ids.shape[1])
+    for _ in range(n):
+        logits = backend.forward(Batch(ids, torch.ones_like(ids)), hooks)
+        ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+        if int(ids[0, -1]) == backend.tokenizer.eos_token_id:
+            break
+    return str(backend.tokenizer.decode(ids[0, start:], skip_special_tokens=True))
+
+
+def test_generation_equals_greedy_decoding_without_a_kv_cache(
+    pair: tuple[Backend, Backend]
+) -> None:
+    v = offset(pair[0].d_model, seed=3)
+    for hooks in ([], [(site_name(1, "hook_resid_pre"), lambda x: x + v.to(x))]):
+        for backend in pair:
+            got = backend.generate(PROMPTS, max_new_tokens=6, hooks=hooks)
+            want = [greedy_without_kv_cache(backend, p, 6, hooks) for p in PROMPTS]
+            assert got == want, backend.name
+
+
 def test_generation_hooks_see_the_generated_tokens(pair: tuple[Backend, Backend]) -> None:
     for backend in pair:
         lengths: list[int] = []
-
-        def record(x: torch.Tensor) -> None:
-            lengths.append(int(x.shape[1]))
-
+        record = partial(record_length, lengths)
         backend.generate(["Paris is the capital of"], max_new_tokens=4,
                          hooks=[(site_name(0, "hook_resid_pre"), record)])
         prompt_len = int(backend.tokenize(["Paris is the capital of"]).input_ids.shape[1])
         assert lengths[0] == prompt_len
-        assert lengths[1:] and set(lengths[1:]) == {1}  # KV cache: one new token per step
+        assert len(lengths) > 1
+        assert set(lengths[1:]) == {1}  # KV cache: one new token per step
 
 
 def test_readout_weights_are_the_raw_hf_tensors(pair: tuple[Backend, Backend]) -> None:

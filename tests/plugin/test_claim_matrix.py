@@ -10,10 +10,26 @@ import pytest
 CLAIM = "truth.direction.cosine"
 
 
-def run_suite(pytester: pytest.Pytester, cache: Path, report: Path, *extra: str) -> pytest.RunResult:
+FAMILIES = Path(__file__).parents[2] / "mechtests" / "families.yaml"
+
+
+def judged_tiny(directory: Path) -> Path:
+    """A copy of the tiny family that is judged like a real one (tiny itself reports INFO)."""
+    import yaml
+
+    block = yaml.safe_load(FAMILIES.read_text())["tiny"]
+    block["random_weights"] = False
+    path = directory / "judged.yaml"
+    path.write_text(yaml.safe_dump({"tinyj": block}))
+    return path
+
+
+def run_suite(pytester: pytest.Pytester, cache: Path, report: Path, *extra: str,
+              family: str = "tinyj") -> pytest.RunResult:
     return pytester.runpytest_subprocess(
-        "--pyargs", "mechtests.suite", "--model-family", "tiny", "-p", "no:cacheprovider",
-        "--mechtests-cache", str(cache), "--claim-report", str(report), "-k", CLAIM, *extra,
+        "--pyargs", "mechtests.suite", "--families-file", str(judged_tiny(pytester.path)),
+        "--model-family", family, "-p", "no:cacheprovider", "--mechtests-cache", str(cache),
+        "--claim-report", str(report), "-k", CLAIM, *extra,
     )
 
 
@@ -41,6 +57,17 @@ def test_the_matrix_is_printed_and_written(pytester: pytest.Pytester, cache_dir:
     assert (report / "claim_matrix.md").read_text().startswith("# mechtests claim matrix")
 
 
+def test_a_random_weight_family_reports_numbers_without_verdicts(
+    pytester: pytest.Pytester, cache_dir: Path
+) -> None:
+    report = pytester.path / "reports"
+    result = run_suite(pytester, cache_dir, report, family="tiny")
+    result.assert_outcomes(passed=2)
+    rows = json.loads((report / "claim_matrix.json").read_text())["results"]
+    assert {r["verdict"] for r in rows} == {"INFO"}
+    assert all(r["metric"] is not None for r in rows)
+
+
 def test_a_parallel_run_gives_the_same_metrics_as_a_serial_one(
     pytester: pytest.Pytester, cache_dir: Path
 ) -> None:
@@ -52,28 +79,26 @@ def test_a_parallel_run_gives_the_same_metrics_as_a_serial_one(
 
 
 def test_an_expected_failure_is_a_strict_xfail(pytester: pytest.Pytester, cache_dir: Path) -> None:
-    packaged = Path(__file__).parents[2] / "thresholds.yaml"
-    text = packaged.read_text().replace(
-        "expected_failures: {}", f'expected_failures:\n  tiny: {{{CLAIM}: "test: impossible threshold"}}'
-    )
     # an impossible threshold: the claim fails, and the failure is expected
     impossible = pytester.path / "impossible.yaml"
-    impossible.write_text(_with_value(text, 2.0))
+    impossible.write_text(_thresholds(value=2.0))
     result = run_suite(pytester, cache_dir, pytester.path / "r1", "--thresholds", str(impossible))
     result.assert_outcomes(xfailed=2)
     # a trivial threshold: the expected failure now passes -> XPASS(strict) fails the run
     trivial = pytester.path / "trivial.yaml"
-    trivial.write_text(_with_value(text, -2.0, margin=-5.0))
+    trivial.write_text(_thresholds(value=-2.0, margin=-5.0))
     result = run_suite(pytester, cache_dir, pytester.path / "r2", "--thresholds", str(trivial))
     result.assert_outcomes(failed=2)
 
 
-def _with_value(text: str, value: float, margin: float | None = None) -> str:
+def _thresholds(value: float, margin: float | None = None) -> str:
     import yaml
 
-    data = yaml.safe_load(text)
-    data["claims"][CLAIM]["value"] = value
-    data["claims"][CLAIM].pop("families", None)
+    data = yaml.safe_load((Path(__file__).parents[2] / "thresholds.yaml").read_text())
+    rule = data["claims"][CLAIM]
+    rule["value"] = value
+    rule.pop("families", None)
     if margin is not None:
-        data["claims"][CLAIM]["control_margin"] = margin
+        rule["control_margin"] = margin
+    data["expected_failures"] = {"tinyj": {CLAIM: "test: an impossible threshold"}}
     return yaml.safe_dump(data)

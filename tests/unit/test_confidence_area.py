@@ -72,7 +72,8 @@ def test_weight_claims_report_metric_control_and_load_each_model_once(
         claim = _claim(f"confidence.entropy_neurons.{claim_id}")
         for pair in claim.pairs:
             m = get_measure(claim.measure)(ctx, claim, pair)
-            assert m.control is not None and m.control_label
+            assert m.control is not None
+            assert m.control_label
             if claim_id == "overlap":
                 assert 0 <= m.metric <= 10
                 assert m.details["iou"] == pytest.approx(m.metric / (20 - m.metric))
@@ -90,7 +91,8 @@ def test_explain_shift_reports_the_share_its_interval_and_the_shift(ctx: FamilyC
                    batch_size=4)
     m = get_measure(claim.measure)(ctx, claim, ("base", "instruct"))
     assert m.n == 8
-    assert m.interval is not None and m.control is not None
+    assert m.interval is not None
+    assert m.control is not None
     d = m.details
     assert d["shift_ref_minus_post"] == pytest.approx(d["entropy_ref"] - d["entropy_post"])
     assert d["share_total"] == m.metric

@@ -75,7 +75,8 @@ def test_neuron_means_average_real_positions_after_the_first(
 def test_ablating_no_neurons_changes_nothing(tiny: tuple[Backend, FinalReadout]) -> None:
     backend, readout = tiny
     res = ablation_entropies(backend, PROMPTS, [], readout)
-    assert torch.equal(res.clean, res.total) and torch.equal(res.clean, res.direct)
+    assert torch.equal(res.clean, res.total)
+    assert torch.equal(res.clean, res.direct)
     assert res.readout_error < 1e-3
     assert res.clean.shape == (len(PROMPTS),)
 

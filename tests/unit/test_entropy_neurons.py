@@ -104,7 +104,8 @@ def test_logit_var_accepts_bf16_weights_without_changing_them() -> None:
     ours = logit_var(w16, u16, gain, chunk_size=16)
     ref = _reference(w16.float(), _tl_style_unembed(u16.float(), gain, layernorm=False))
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=0.0)
-    assert torch.equal(w16, before[0]) and torch.equal(u16, before[1])
+    assert torch.equal(w16, before[0])
+    assert torch.equal(u16, before[1])
     f32 = w_out.clone()
     logit_var(f32, unembed, gain)
     assert torch.equal(f32, w_out)  # float32 input is not normalised in place
@@ -173,7 +174,8 @@ def test_random_pool_overlap_matches_the_hypergeometric_mean() -> None:
 def test_random_pool_draw_is_seeded_and_inside_the_pool() -> None:
     pool = list(range(100, 200))
     draw = random_pool_draw(pool, 10, seed=3)
-    assert len(set(draw)) == 10 and set(draw) <= set(pool)
+    assert len(set(draw)) == 10
+    assert set(draw) <= set(pool)
     assert draw == random_pool_draw(pool, 10, seed=3) != random_pool_draw(pool, 10, seed=4)
 
 

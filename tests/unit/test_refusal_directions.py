@@ -70,7 +70,7 @@ def test_bootstrap_cosine_interval_brackets_the_cosine_of_shared_directions() ->
 
 def test_refusal_logodds_and_kl_use_the_last_position_distribution() -> None:
     logits = torch.tensor([[0.0, 0.0, 0.0, 0.0]])
-    assert refusal_logodds(logits, [0]).item() == pytest.approx(torch.log(torch.tensor(1 / 3)).item(),
-                                                                abs=1e-6)
+    expected = torch.log(torch.tensor(1 / 3)).item()  # p = 1/4: log(p / (1 - p))
+    assert refusal_logodds(logits, [0]).item() == pytest.approx(expected, abs=1e-6)
     assert kl_last(logits, logits).item() == pytest.approx(0.0, abs=1e-9)
     assert kl_last(logits, torch.tensor([[5.0, 0.0, 0.0, 0.0]])).item() > 0.1

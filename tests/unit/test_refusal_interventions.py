@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,13 +21,13 @@ THREE = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post")
 
 
 @pytest.fixture(scope="module")
-def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+def backend(tmp_path_factory: pytest.TempPathFactory) -> Backend:
     """A tiny random llama (read-only: hooks only through the backend's arguments)."""
     from mechtests.engine import load_backend
     from mechtests.engine.tiny import resolve
 
     path = resolve("llama/base", Path(tmp_path_factory.mktemp("tiny")))
-    yield load_backend(path, device="cpu", name="tiny/base")
+    return load_backend(path, device="cpu", name="tiny/base")
 
 
 def _direction(d: int, seed: int = 0) -> torch.Tensor:
@@ -95,20 +94,6 @@ def test_hooks_are_removed_after_generation(backend: Backend) -> None:
     assert backend.generate(PROMPTS, max_new_tokens=6) == baseline
 
 
-def test_hooks_are_removed_when_a_hook_raises(backend: Backend) -> None:
-    batch = backend.tokenize(PROMPTS)
-    baseline = backend.forward(batch)
-
-    def boom(_x: torch.Tensor) -> torch.Tensor:
-        raise RuntimeError("boom")
-
-    hooks = [*addition_hooks(_direction(backend.d_model), 0, 9.0, THREE),
-             ("blocks.1.hook_resid_pre", boom)]
-    with pytest.raises(RuntimeError, match="boom"):
-        backend.forward(batch, hooks)
-    assert torch.equal(backend.forward(batch), baseline)
-
-
 def test_batched_generation_with_hooks_equals_one_prompt_at_a_time(backend: Backend) -> None:
     prompts = [*PROMPTS, "<user> TRUE <assistant>", "<user> is is is this statement <assistant>"]
     r = _direction(backend.d_model, 5)
@@ -129,4 +114,5 @@ def test_generated_tokens_are_steered_too(backend: Backend) -> None:
 
     hooks = [*addition_hooks(r, 0, 1.0, THREE), ("blocks.0.hook_resid_pre", record)]
     backend.generate(PROMPTS[:1], max_new_tokens=4, hooks=hooks)
-    assert seen[0] > 1 and seen[1:] == [1, 1, 1]
+    assert seen[0] > 1
+    assert seen[1:] == [1, 1, 1]

@@ -47,7 +47,9 @@ def test_site_name_rejects_an_unknown_kind() -> None:
 
 
 def test_sites_sort_by_layer_then_kind() -> None:
-    sites = sorted([Site(2, "hook_resid_pre"), Site(0, "hook_resid_post"), Site(0, "hook_attn_out")])
+    sites = sorted(
+        [Site(2, "hook_resid_pre"), Site(0, "hook_resid_post"), Site(0, "hook_attn_out")]
+    )
     assert [s.name for s in sites] == [
         "blocks.0.hook_attn_out", "blocks.0.hook_resid_post", "blocks.2.hook_resid_pre",
     ]

@@ -98,3 +98,31 @@ def test_cosine_null_in_4096_dimensions_is_small() -> None:
     # paper-spec 4.6 T1: random 4096-d pairs give |cos| about 0.016
     assert 0.012 < expected_abs_cosine(4096) < 0.02
     assert 0.025 < random_cosine_quantile(4096) < 0.035
+
+
+def test_basic_bootstrap_reflects_percentiles_around_the_point_estimate() -> None:
+    values = np.random.default_rng(2).exponential(size=300)
+    lo_p, hi_p = bootstrap_interval(values, n_boot=400, seed=5)
+    lo_b, hi_b = bootstrap_interval(values, n_boot=400, seed=5, method="basic")
+    mean = values.mean()
+    assert lo_b == pytest.approx(2 * mean - hi_p)
+    assert hi_b == pytest.approx(2 * mean - lo_p)
+
+
+def test_basic_bootstrap_corrects_a_statistic_biased_upward_by_resampling() -> None:
+    # the squared mean of zero-mean noise: resampling adds variance, so percentile bounds sit
+    # above the point estimate; the basic interval moves back below it
+    values = np.random.default_rng(3).normal(size=200)
+    t = values.mean() ** 2
+
+    def sq(idx: np.ndarray) -> float:
+        return float(values[idx].mean() ** 2)
+
+    lo_b, _ = bootstrap_interval(sq, n=200, n_boot=400, method="basic")
+    _, hi_p = bootstrap_interval(sq, n=200, n_boot=400)
+    assert lo_b < t < hi_p
+
+
+def test_bootstrap_rejects_an_unknown_method() -> None:
+    with pytest.raises(ValueError, match="method"):
+        bootstrap_interval([1.0], method="bca")

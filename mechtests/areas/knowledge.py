@@ -1,0 +1,386 @@
+"""Knowledge-location and cross-model patching claims (Du et al. 2025 claims 1-2; paper-spec 2-3).
+
+Measures, on a pair ``(ref, post)`` (``ref`` is the base); ``N`` = the paper's ``normalize()``
+of a mean patching heatmap ``A``, ``R`` = recovered fraction, ``Rk`` = max of ``R`` over the
+knowledge columns:
+
+===================================  ========================================================
+measure                              metric
+===================================  ========================================================
+``knowledge.heatmap_correlation``    K1: Pearson ``r(N(A_ref), N(A_post))``
+``knowledge.heatmap_maxdiff``        K2: ``max |N(A_ref) - N(A_post)|`` on knowledge columns
+``knowledge.heatmap_hot_cells``      K3: Jaccard of the cells with ``N >= 0.5``
+``knowledge.heatmap_peak_layer``     K4: ``|peak_ref - peak_post| / n_layers`` (last subject)
+``knowledge.heatmap_reversed``       K5: ``r(N(A_ref), N(A_post) with layers reversed)``
+``crossmodel.forward_correlation``   X1: ``r(N(A_ref->post), N(A_post->post))``
+``crossmodel.forward_recovery``      X2: ``Rk(ref->post) / Rk(post->post)``
+``crossmodel.asymmetry``             X3: ``Rk(ref->post) - Rk(post->ref)``, majority of datasets
+``crossmodel.self_patch``            X4: ``|R(last layer, last token) - 1|`` of self-patching
+===================================  ========================================================
+
+Controls. K1-K4: the same comparison with the independent control base's heatmap in place of
+the post model's where the family has one (two unrelated models already share much of a
+heatmap's structure), else with the post heatmap's layers reversed. K5 is itself the reversed
+null; its control is the real ``r``. X1-X3: the "null" source (control base activations, else
+norm-matched random activations) in place of ``ref``; X4: the null source at the readout cell.
+
+Cells (``params.cells``): ``interior`` (default for K1, K3, K5) drops cells fixed by the
+patching structure (:func:`mechtests.methods.heatmaps.interior_mask`); ``all`` is the paper's.
+Several datasets: each is judged and the worst (by its interval bound) is reported, all in
+``details``; X3 takes the asymmetry reached by at least half of the datasets. Intervals:
+percentile bootstrap over pairs (``params.n_boot``, default 1000).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mechtests.areas import measure
+from mechtests.areas.knowledge_runs import (
+    N_BOOT,
+    NULL,
+    KnowledgeRun,
+    ensure_maps,
+    knowledge_datasets,
+    knowledge_run,
+    seed_for,
+)
+from mechtests.claims.model import Claim, Measurement
+from mechtests.methods.heatmaps import (
+    hot_cells,
+    interior_mask,
+    jaccard,
+    knowledge_recovery,
+    max_abs_diff,
+    normalize,
+    peak_layer,
+    pearson_r,
+    reverse_layers,
+    shuffle_layers,
+)
+from mechtests.methods.stats import bootstrap_interval
+from mechtests.report.plots_knowledge import plot_heatmaps
+
+if TYPE_CHECKING:
+    from mechtests.context import FamilyContext
+
+Stat = Callable[[KnowledgeRun, np.ndarray], float]
+Pair = tuple[str, str]
+
+
+def _n(run: KnowledgeRun, key: Pair, idx: np.ndarray | None) -> np.ndarray:
+    return normalize(run.heat(key, idx))
+
+
+def _mask(run: KnowledgeRun, cells: str) -> np.ndarray | None:
+    if cells == "all":
+        return None
+    shape = (run.n_layers, len(run.columns) if run.grouped else run.pset.width)
+    return interior_mask(shape, run.first_informative_column)
+
+
+def _null_role(ctx: FamilyContext, pair: Pair) -> str | None:
+    return "control" if ctx.family.has_control and "control" not in pair else None
+
+
+def _finite(x: float) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+def _judge_datasets(
+    ctx: FamilyContext,
+    claim: Claim,
+    pair: Pair,
+    op: str,
+    keys: list[Pair],
+    metric: Stat,
+    control: Stat,
+    control_label: str,
+    extra: Callable[[KnowledgeRun], dict[str, Any]] | None = None,
+    interval: bool = True,
+) -> Measurement:
+    """Each dataset's metric, control and bootstrap interval; the worst dataset is reported."""
+    n_boot = int(claim.params.get("n_boot", N_BOOT))
+    rows: dict[str, dict[str, Any]] = {}
+    artifacts: list[str] = []
+    for dataset in knowledge_datasets(ctx, claim.params.get("datasets")):
+        run = knowledge_run(ctx, dataset)
+        ensure_maps(ctx, run, keys)
+        full = np.arange(run.n)
+        ci = None
+        if interval:
+            ci = bootstrap_interval(lambda idx, run=run: metric(run, idx), n=run.n,
+                                    n_boot=n_boot, seed=seed_for(ctx, claim.id, dataset))
+        rows[dataset] = {
+            "metric": metric(run, full), "control": control(run, full), "interval": ci,
+            "n": run.n, "engines": dict(run.engines), **(extra(run) if extra else {}),
+        }
+        artifacts.extend(_plots(ctx, run, pair, claim.area))
+
+    def bound(row: dict[str, Any]) -> float:
+        ci = row["interval"]
+        value = row["metric"] if ci is None or not _finite(ci[0 if op == ">=" else 1]) \
+            else ci[0 if op == ">=" else 1]
+        return value if _finite(value) else (-math.inf if op == ">=" else math.inf)
+
+    worst = (min if op == ">=" else max)(rows, key=lambda d: bound(rows[d]))
+    row = rows[worst]
+    return Measurement(
+        metric=float(row["metric"]),
+        control=float(row["control"]),
+        control_label=control_label,
+        interval=row["interval"],
+        n=int(row["n"]),
+        details={"dataset": worst, "datasets": rows, "pair": list(pair)},
+        artifacts=tuple(dict.fromkeys(artifacts)),
+    )
+
+
+def _plots(ctx: FamilyContext, run: KnowledgeRun, pair: Pair, area: str) -> list[str]:
+    ref, post = pair
+    kind = "cross" if area == "crossmodel" else "self"
+    keys = [(ref, post), (post, post)] if kind == "cross" else [(ref, ref), (post, post)]
+
+    def draw() -> list[str]:
+        if any(k not in run.maps for k in keys):
+            return []
+        a, b = normalize(run.heat(keys[0])), normalize(run.heat(keys[1]))
+        label = {(ref, ref): ref, (post, post): post, (ref, post): f"{ref} -> {post}"}
+        path = ctx.artifact(f"knowledge/{run.dataset}_{kind}_{ref}_{post}.png")
+        plot_heatmaps(
+            [(label[keys[0]], a), (label[keys[1]], b), ("difference", a - b)],
+            run.columns, path,
+            title=f"{ctx.family.name} {run.dataset}: normalised patching heatmaps "
+                  f"(n = {run.n} pairs)",
+        )
+        return [str(path)]
+
+    return ctx.memo(f"knowledge:plot:{run.dataset}:{kind}:{ref}:{post}", draw)
+
+
+# -- K1-K5: one model's heatmap against another's -----------------------------------------------
+def _self_claim(
+    ctx: FamilyContext, claim: Claim, pair: Pair, op: str,
+    compare: Callable[[KnowledgeRun, np.ndarray, np.ndarray, np.ndarray | None], float],
+    reversed_null: Callable[[np.ndarray], np.ndarray] = reverse_layers,
+    default_cells: str = "interior",
+) -> Measurement:
+    """``compare(run, N_ref-or-A_ref, other, mask)`` for post vs the control or reversed null."""
+    ref, post = pair
+    cells = str(claim.params.get("cells", default_cells))
+    null = _null_role(ctx, pair)
+    keys = [(ref, ref), (post, post)] + ([(null, null)] if null else [])
+
+    def metric(run: KnowledgeRun, idx: np.ndarray) -> float:
+        return compare(run, _n(run, (ref, ref), idx), _n(run, (post, post), idx), _mask(run, cells))
+
+    def control(run: KnowledgeRun, idx: np.ndarray) -> float:
+        other = _n(run, (null, null), idx) if null else reversed_null(_n(run, (post, post), idx))
+        return compare(run, _n(run, (ref, ref), idx), other, _mask(run, cells))
+
+    label = f"{ref} vs the independent control base" if null else \
+        f"{ref} vs {post} with layers reversed"
+    return _judge_datasets(ctx, claim, pair, op, keys, metric, control, label,
+                           extra=lambda run: _self_extra(run, ref, post))
+
+
+def _self_extra(run: KnowledgeRun, ref: str, post: str) -> dict[str, Any]:
+    a, b = normalize(run.heat((ref, ref))), normalize(run.heat((post, post)))
+    groups = {"subject": list(run.pset.subject_columns), "object": list(run.pset.object_columns),
+              "last token": [a.shape[1] - 1]}
+    return {
+        "r_all_cells": pearson_r(a, b),
+        "maxdiff_all": max_abs_diff(a, b),
+        "maxdiff_by_column_group": {
+            k: max_abs_diff(a, b, v) for k, v in groups.items() if v and not run.grouped
+        },
+        "columns": list(run.columns),
+        "ld_true": {m: float(run.ld_true[m].mean()) for m in (ref, post)},
+        "ld_false": {m: float(run.ld_false[m].mean()) for m in (ref, post)},
+    }
+
+
+@measure("knowledge.heatmap_correlation")
+def heatmap_correlation(ctx: FamilyContext, claim: Claim, pair: Pair) -> Measurement:
+    """K1: Pearson r of the normalised heatmaps (interior cells by default)."""
+    return _self_claim(ctx, claim, pair, ">=", lambda run, a, b, m: pearson_r(a, b, m))
+
+
+@measure("knowledge.heatmap_maxdiff")
+def heatmap_maxdiff(ctx: FamilyContext, claim: Claim, pair: Pair) -> Measurement:
+    """K2: the largest normalised difference on the knowledge (subject/object) columns."""
+    return _self_claim(ctx, claim, pair, "<=",
+                       lambda run, a, b, m: max_abs_diff(a, b, run.knowledge_columns),
+                       default_cells="all")
+
+
+@measure("knowledge.heatmap_hot_cells")
+def heatmap_hot_cells(ctx: FamilyContext, claim: Claim, pair: Pair) -> Measurement:
+    """K3: Jaccard overlap of the cells with ``N >= params.hot`` (0.5)."""
+    hot = float(claim.params.get("hot", 0.5))
+    return _self_claim(ctx, claim, pair, ">=",
+                       lambda run, a, b, m: jaccard(hot_cells(a, hot), hot_cells(b, hot), m))
+
+
+@measure("knowledge.heatmap_peak_layer")
+def heatmap_peak_layer(ctx: FamilyContext, claim: Claim, pair: Pair) -> Measurement:
+    """K4: the shift of the last subject column's peak layer, as a fraction of the depth.
+
+    Raw mean logit differences (not ``N``) give the argmax: the control uses the control base's
+    heatmap or the post heatmap's layers reversed.
+    """
+    ref, post = pair
+    null = _null_role(ctx, pair)
+    keys = [(ref, ref), (post, post)] + ([(null, null)] if null else [])
+
+    def shift(run: KnowledgeRun, a: np.ndarray, b: np.ndarray) -> float:
+        col = run.peak_column
+        return abs(peak_layer(a, col) - peak_layer(b, col)) / run.n_layers
+
+    def metric(run: KnowledgeRun, idx: np.ndarray) -> float:
+        return shift(run, run.heat((ref, ref), idx), run.heat((post, post), idx))
+
+    def control(run: KnowledgeRun, idx: np.ndarray) -> float:
+        other = run.heat((null, null), idx) if null else reverse_layers(run.heat((post, post), idx))
+        return shift(run, run.heat((ref, ref), idx), other)
+
+    def extra(run: KnowledgeRun) -> dict[str, Any]:
+        col = run.peak_column
+        return {"column": run.columns[col], "peak_layers": {
+            m: peak_layer(run.heat((m, m)), col) for m in dict.fromkeys([ref, post, null] if null
+                                                                         else [ref, post])}}
+
+    label = f"{ref} vs the independent control base" if null else \
+        f"{ref} vs {post} with layers reversed"
+    return _judge_datasets(ctx, claim, pair, "<=", keys, metric, control, label, extra=extra)
+
+
+@measure("knowledge.heatmap_reversed")
+def heatmap_reversed(ctx: FamilyContext, claim: Claim, pair: Pair) -> Measurement:
+    """K5: r against the post heatmap with its layers reversed; the control is the real r."""
+    ref, post = pair
+    cells = str(claim.params.get("cells", "interior"))
+    keys = [(ref, ref), (post, post)]
+
+    def metric(run: KnowledgeRun, idx: np.ndarray) -> float:
+        return pearson_r(_n(run, (ref, ref), idx), reverse_layers(_n(run, (post, post), idx)),
+                         _mask(run, cells))
+
+    def control(run: KnowledgeRun, idx: np.ndarray) -> float:
+        return pearson_r(_n(run, (ref, ref), idx), _n(run, (post, post), idx), _mask(run, cells))
+
+    def extra(run: KnowledgeRun) -> dict[str, Any]:
+        a, b = _n(run, (ref, ref), None), _n(run, (post, post), None)
+        shuffled = [pearson_r(a, shuffle_layers(b, s), _mask(run, cells)) for s in range(20)]
+        return {"r_layer_shuffled_mean": float(np.nanmean(shuffled))}
+
+    return _judge_datasets(ctx, claim, pair, "<=", keys, metric, control,
+                           f"r({ref}, {post}) unreversed", extra=extra)
+
+
+# -- X1-X4: cross-model patching ------------------------------------------------------------------
+@measure("crossmodel.forward_correlation")
+def forward_correlation(ctx: FamilyContext, claim: Claim, pair: Pair) -> Measurement:
+    """X1: r between ref -> post and post's own heatmap (all cells by default)."""
+    ref, post = pair
+    cells = str(claim.params.get("cells", "all"))
+    keys = [(ref, post), (post, post), (NULL, post)]
+
+    def corr(src: str) -> Stat:
+        return lambda run, idx: pearson_r(_n(run, (src, post), idx), _n(run, (post, post), idx),
+                                          _mask(run, cells))
+
+    run0 = knowledge_run(ctx, knowledge_datasets(ctx, claim.params.get("datasets"))[0])
+    return _judge_datasets(ctx, claim, pair, ">=", keys, corr(ref), corr(NULL),
+                           f"{run0.null_label} patched into {post}")
+
+
+def _rk(run: KnowledgeRun, key: Pair, idx: np.ndarray) -> float:
+    return knowledge_recovery(run.recovered(key, idx), run.knowledge_columns)
+
+
+@measure("crossmodel.forward_recovery")
+def forward_recovery(ctx: FamilyContext, claim: Claim, pair: Pair) -> Measurement:
+    """X2: ``Rk(ref -> post) / Rk(post -> post)`` on the same resample."""
+    ref, post = pair
+    keys = [(ref, post), (post, post), (NULL, post)]
+
+    def ratio(src: str) -> Stat:
+        def stat(run: KnowledgeRun, idx: np.ndarray) -> float:
+            own = _rk(run, (post, post), idx)
+            return _rk(run, (src, post), idx) / own if own > 0 else float("nan")
+        return stat
+
+    def extra(run: KnowledgeRun) -> dict[str, Any]:
+        full = np.arange(run.n)
+        return {"Rk": {f"{s}->{post}": _rk(run, (s, post), full) for s in (ref, post, NULL)}}
+
+    run0 = knowledge_run(ctx, knowledge_datasets(ctx, claim.params.get("datasets"))[0])
+    return _judge_datasets(ctx, claim, pair, ">=", keys, ratio(ref), ratio(NULL),
+                           f"{run0.null_label} patched into {post}", extra=extra)
+
+
+@measure("crossmodel.asymmetry")
+def asymmetry(ctx: FamilyContext, claim: Claim, pair: Pair) -> Measurement:
+    """X3: ``Rk(ref -> post) - Rk(post -> ref)``, the value reached by at least half of the
+    datasets (the ceil(n/2)-th largest), with a bootstrap stratified by dataset."""
+    ref, post = pair
+    runs = [knowledge_run(ctx, d) for d in knowledge_datasets(ctx, claim.params.get("datasets"))]
+    for run in runs:
+        ensure_maps(ctx, run, [(ref, post), (post, ref), (NULL, post), (NULL, ref)])
+
+    def majority(values: list[float]) -> float:
+        vals = sorted((v for v in values if _finite(v)), reverse=True)
+        return vals[math.ceil(len(values) / 2) - 1] if len(vals) >= math.ceil(len(values) / 2) \
+            else float("nan")
+
+    def delta(src_fwd: str, src_bwd: str, run: KnowledgeRun, idx: np.ndarray) -> float:
+        return _rk(run, (src_fwd, post), idx) - _rk(run, (src_bwd, ref), idx)
+
+    full = [np.arange(r.n) for r in runs]
+    fwd = [delta(ref, post, r, i) for r, i in zip(runs, full)]
+    null = [delta(NULL, NULL, r, i) for r, i in zip(runs, full)]
+    ci = bootstrap_interval(
+        lambda *idx: majority([delta(ref, post, r, i) for r, i in zip(runs, idx)]),
+        n=[r.n for r in runs], n_boot=int(claim.params.get("n_boot", N_BOOT)),
+        seed=seed_for(ctx, claim.id),
+    )
+    artifacts = [p for r in runs for p in _plots(ctx, r, pair, "crossmodel")]
+    return Measurement(
+        metric=majority(fwd),
+        control=majority(null),
+        control_label=f"Rk({runs[0].null_label} -> {post}) - Rk(same -> {ref})",
+        interval=ci,
+        n=sum(r.n for r in runs),
+        details={"pair": list(pair), "datasets": {
+            r.dataset: {"asymmetry": f, "null_asymmetry": z, "n": r.n,
+                        "Rk": {f"{a}->{b}": _rk(r, (a, b), np.arange(r.n)) for a, b in
+                               [(ref, post), (post, ref), (post, post), (ref, ref)]}}
+            for r, f, z in zip(runs, fwd, null)}},
+        artifacts=tuple(dict.fromkeys(artifacts)),
+    )
+
+
+@measure("crossmodel.self_patch")
+def self_patch(ctx: FamilyContext, claim: Claim, pair: Pair) -> Measurement:
+    """X4: self-patching the last layer at the last token restores the clean TRUE logit
+    difference (``R = 1``); the control is the null source patched there."""
+    ref, post = pair
+    keys = [(ref, ref), (post, post), (NULL, post)]
+
+    def readout_cell(run: KnowledgeRun, key: Pair, idx: np.ndarray) -> float:
+        return abs(float(run.recovered(key, idx)[-1, -1]) - 1.0)
+
+    def metric(run: KnowledgeRun, idx: np.ndarray) -> float:
+        return max(readout_cell(run, (ref, ref), idx), readout_cell(run, (post, post), idx))
+
+    def control(run: KnowledgeRun, idx: np.ndarray) -> float:
+        return readout_cell(run, (NULL, post), idx)
+
+    run0 = knowledge_run(ctx, knowledge_datasets(ctx, claim.params.get("datasets"))[0])
+    return _judge_datasets(ctx, claim, pair, "<=", keys, metric, control,
+                           f"{run0.null_label} patched into {post}", interval=False)

@@ -1,0 +1,266 @@
+"""Orchestration of the knowledge area: pairs, activations and patching runs per dataset.
+
+Every knowledge and cross-model claim reads one memoised :class:`KnowledgeRun` per dataset
+(:func:`knowledge_run`): the dataset's TRUE/FALSE pairs (built with the base model's tokenizer,
+subsampled by ``ctx.subsample``), each model's clean logit differences, and per-pair patching
+maps keyed ``(source, target)``: ``(m, m)`` is model ``m``'s own heatmap (paper-spec 2.3),
+``(a, b)`` patches ``a``'s TRUE activations into ``b`` (section 3). TRUE activations always go
+through the on-disk store (``ctx.activations``), so a cross-model run only holds its target.
+
+Model visits, in order (each model is loaded once, the base twice):
+``base`` (activations, own map) -> ``control`` (same) -> each post role (same, plus
+``base -> post`` and ``null -> post``) -> ``base`` (``post -> base``, ``null -> base``).
+Maps for other pairs are computed on demand by :func:`ensure_maps`.
+
+``null`` is the cross-model control source: the independent control base's TRUE activations
+where the family has one, else norm-matched random activations (each vector replaced by a
+seeded random direction of the same norm). Unrelated activations should transfer nothing.
+
+Deviation: a role's ``prompt_prefix`` (Mistral-SFT's ``"<s> "``) is put in front of that role's
+prompts; the paper uses the SFT model's prompts for both models of a cross-model pair.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from mechtests.data.pairs import (
+    GROUPED_DATASETS,
+    PatchingSet,
+    build_patching_set,
+    build_tulu_set,
+    read_tulu_pairs,
+)
+from mechtests.data.statements import load_few_shot, load_statements
+from mechtests.errors import DatasetError
+from mechtests.methods.heatmaps import group_columns, recovered_fraction
+from mechtests.methods.patching import clean_logit_diffs, patch_heatmaps, resid_sites
+from mechtests.methods.stats import random_unit_directions
+
+if TYPE_CHECKING:
+    from mechtests.context import FamilyContext
+    from mechtests.engine.backend import Backend
+
+__all__ = [
+    "NULL",
+    "N_BOOT",
+    "KnowledgeRun",
+    "ensure_maps",
+    "knowledge_datasets",
+    "knowledge_run",
+    "seed_for",
+]
+
+N_BOOT = 1000  # bootstrap resamples over pairs for every knowledge interval
+NULL = "null"  # source name of the cross-model control activations
+MAX_ROWS = 128  # sites (or pairs) per forward
+
+
+def seed_for(ctx: FamilyContext, *parts: object) -> int:
+    """A stable seed from the run seed and ``parts``."""
+    return zlib.crc32(":".join(str(p) for p in (ctx.options.seed, *parts)).encode())
+
+
+@dataclass
+class KnowledgeRun:
+    """One dataset's pairs and patching results on every model visited."""
+
+    dataset: str
+    pset: PatchingSet
+    n_layers: int
+    readout: tuple[int, int]
+    null_label: str
+    maps: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)  # [pair, layer, col]
+    ld_true: dict[str, np.ndarray] = field(default_factory=dict)  # role -> [pair]
+    ld_false: dict[str, np.ndarray] = field(default_factory=dict)
+    engines: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.pset)
+
+    @property
+    def grouped(self) -> bool:
+        return self.pset.grouped
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return self.pset.columns
+
+    @property
+    def knowledge_columns(self) -> tuple[int, ...]:
+        return (0,) if self.grouped else self.pset.knowledge_columns
+
+    @property
+    def peak_column(self) -> int:
+        """K4's column: the last subject token (the knowledge group for tulu)."""
+        return 0 if self.grouped else self.pset.last_subject_column
+
+    @property
+    def first_informative_column(self) -> int:
+        return 0 if self.grouped else self.pset.first_diff_column
+
+    def heat(self, key: tuple[str, str], idx: np.ndarray | None = None) -> np.ndarray:
+        """Mean map ``A [layer, column]`` over the pairs ``idx`` (all by default)."""
+        maps = self.maps[key] if idx is None else self.maps[key][idx]
+        return np.nanmean(maps, axis=0)
+
+    def recovered(self, key: tuple[str, str], idx: np.ndarray | None = None) -> np.ndarray:
+        """``R`` of the map ``key`` with its target's own mean clean ``LD_T``, ``LD_F``."""
+        target = key[1]
+        t = self.ld_true[target] if idx is None else self.ld_true[target][idx]
+        f = self.ld_false[target] if idx is None else self.ld_false[target][idx]
+        return recovered_fraction(self.heat(key, idx), float(t.mean()), float(f.mean()))
+
+
+def knowledge_datasets(ctx: FamilyContext, names: Sequence[str] | None = None) -> list[str]:
+    """The datasets of a claim: ``names`` (a claim's ``params.datasets``) or the family's."""
+    return list(names) if names else list(ctx.family.knowledge.datasets)
+
+
+def _prompts(ctx: FamilyContext, role: str, prompts: Sequence[str]) -> list[str]:
+    prefix = ctx.family.models[role].prompt_prefix
+    return [prefix + p for p in prompts]
+
+
+def _few_shot(ctx: FamilyContext, dataset: str, fallback: Sequence[tuple[str, int]]) -> list[str]:
+    """The dataset's few-shot lines; else two TRUE and two FALSE lines from ``fallback``."""
+    try:
+        return load_few_shot(ctx.datasets, dataset)
+    except DatasetError:
+        truth = ctx.family.truth
+        t = [s for s, y in fallback if y == 1][:2]
+        f = [s for s, y in fallback if y == 0][:2]
+        return [s + truth.question + truth.readout_true for s in t] + [
+            s + truth.question + truth.readout_false for s in f
+        ]
+
+
+def _patching_set(ctx: FamilyContext, dataset: str, backend: Backend) -> PatchingSet:
+    tok = backend.tokenizer
+    question = ctx.family.truth.question
+
+    def tokenize(text: str) -> list[int]:
+        return list(tok(text)["input_ids"])
+
+    def token_text(i: int) -> str:
+        return str(tok.decode([i]))
+
+    if dataset in GROUPED_DATASETS:
+        pairs = read_tulu_pairs(ctx.datasets.path(f"du2025/{dataset}.csv"))
+        examples = _few_shot(ctx, dataset, [(p[0], 1) for p in pairs[-2:]]
+                             + [(p[1], 0) for p in pairs[-2:]])
+        pset = build_tulu_set(pairs, examples, question, tokenize, dataset=dataset)
+    else:
+        data = load_statements(ctx.datasets, dataset)
+        examples = _few_shot(ctx, dataset, list(zip(data.statements, data.labels)))
+        pset = build_patching_set(
+            dataset, data.statements, data.labels, examples, question, tokenize, token_text
+        )
+    chosen = ctx.subsample(list(range(len(pset))), salt=f"knowledge:{dataset}")
+    return pset.select(chosen)
+
+
+def knowledge_run(ctx: FamilyContext, dataset: str) -> KnowledgeRun:
+    """The memoised run of ``dataset`` with the default maps (module docstring)."""
+    return ctx.memo(f"knowledge:{dataset}", lambda: _build(ctx, dataset))
+
+
+def _build(ctx: FamilyContext, dataset: str) -> KnowledgeRun:
+    fam = ctx.family
+    backend = ctx.backend("base")
+    truth = fam.truth
+    run = KnowledgeRun(
+        dataset=dataset,
+        pset=_patching_set(ctx, dataset, backend),
+        n_layers=backend.n_layers,
+        readout=(backend.token_id(truth.readout_true), backend.token_id(truth.readout_false)),
+        null_label=(
+            "control base's activations" if fam.has_control
+            else "norm-matched random activations"
+        ),
+    )
+    _visit(ctx, run, "base", [])
+    if fam.has_control:
+        _visit(ctx, run, "control", [])
+    for post in fam.post_roles:
+        _visit(ctx, run, post, ["base", NULL])
+    _visit(ctx, run, "base", [*fam.post_roles, NULL])
+    return run
+
+
+def ensure_maps(ctx: FamilyContext, run: KnowledgeRun, keys: Iterable[tuple[str, str]]) -> None:
+    """Compute the missing ``(source, target)`` maps, sources' activations first."""
+    missing = [k for k in dict.fromkeys(keys) if k not in run.maps]
+    if any(t == NULL for _, t in missing):
+        raise ValueError("the null source cannot be a patching target")
+    for source in dict.fromkeys(s for s, _ in missing):
+        if source != NULL:
+            _source(ctx, run, source)
+    for target in dict.fromkeys(t for _, t in missing):
+        _visit(ctx, run, target, [s for s, t in missing if t == target and s != target])
+
+
+def _source(ctx: FamilyContext, run: KnowledgeRun, role: str) -> list[torch.Tensor]:
+    """``role``'s TRUE activations after every block at the window positions (the store)."""
+    if role == NULL:
+        return _null_source(ctx, run)
+    sites = resid_sites(run.n_layers)
+    acts = ctx.activations(
+        role,
+        _prompts(ctx, role, run.pset.true_prompts),
+        sites,
+        list(range(-run.pset.width, 0)),
+        tag=f"knowledge-{run.dataset}",
+    )
+    return [acts[s] for s in sites]
+
+
+def _null_source(ctx: FamilyContext, run: KnowledgeRun) -> list[torch.Tensor]:
+    if ctx.family.has_control:
+        return _source(ctx, run, "control")
+    out = []
+    for layer, acts in enumerate(_source(ctx, run, "base")):
+        n, width, d = acts.shape
+        dirs = random_unit_directions(
+            n * width, d, seed=seed_for(ctx, "knowledge-null", run.dataset, layer),
+            dtype=torch.float32,
+        ).reshape(n, width, d)
+        out.append(dirs * acts.norm(dim=-1, keepdim=True))
+    return out
+
+
+def _visit(ctx: FamilyContext, run: KnowledgeRun, target: str, sources: Sequence[str]) -> None:
+    """Load ``target`` once: its own activations, clean LDs and map, then ``sources -> target``."""
+    todo = [s for s in [target, *sources] if (s, target) not in run.maps]
+    if not todo and target in run.ld_true:
+        return
+    backend = ctx.backend(target)
+    own = _source(ctx, run, target)
+    false_prompts = _prompts(ctx, target, run.pset.false_prompts)
+    if target not in run.ld_true:
+        run.ld_true[target] = clean_logit_diffs(
+            backend, _prompts(ctx, target, run.pset.true_prompts), run.readout, MAX_ROWS
+        ).numpy()
+    for source in todo:
+        src = own if source == target else _source(ctx, run, source)
+        result = patch_heatmaps(
+            backend, false_prompts, src, run.readout, run.pset.widths, max_rows=MAX_ROWS
+        )
+        ld = result.ld.numpy()
+        run.ld_false.setdefault(target, result.ld_false.numpy())
+        run.maps[(source, target)] = _per_pair_maps(run.pset, ld)
+        run.engines[f"{source}->{target}"] = result.engine + (
+            f" ({result.note})" if result.note else "")
+
+
+def _per_pair_maps(pset: PatchingSet, ld: np.ndarray) -> np.ndarray:
+    if not pset.grouped:
+        return ld
+    return np.stack([group_columns(ld[i], pset.diff_columns[i]) for i in range(len(pset))])

@@ -1,0 +1,133 @@
+"""Choose the organism family's layers and coefficients from TRAINING data only.
+
+The paper fixes its layers by hand per model (paper-spec 1, 5.2); the organism needs its own.
+Everything here uses training subjects and training requests, never the held-out sets the
+claims are scored on:
+
+* ``truth.probe_layer``: the block whose output (at the statement's ``.``) gives the best mean
+  leave-one-dataset-out accuracy of the mass-mean probe over the five training datasets (base);
+  ``truth.intervene_layer``: the earliest block within 0.05 of that accuracy (at most
+  ``probe_layer - 1`` so the steering span has two layers, as the paper's 8..12).
+* ``refusal.layer`` and position: for each block input (``resid_pre``, layers >= 1; layer 0 is
+  the embedding, where every prompt's last token is the same) and position -1 / -2, the
+  instruct model's difference-of-means direction from ``harmful_train_128`` minus
+  ``harmless_train_128``; directional ablation (every layer, pre/mid/post) on 32 training
+  harmful requests; the site with the lowest refusal after ablation wins (ties: the later
+  layer).
+* ``refusal.addition_coefs``: per role, the smallest coefficient of a grid for which adding the
+  role's own unit direction at the chosen layer (pre/mid/post, as the paper) makes >= 0.9 of 32
+  training harmless requests refused; roles that never refuse within the grid get the instruct
+  coefficient. ``subtraction_coef`` = the instruct coefficient.
+
+Run: ``python -m mechtests.organism.calibrate DIR`` (DIR holds base/sft/instruct/control).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mechtests.organism import gates
+from mechtests.organism.corpus import REFUSAL_PREFIXES
+from mechtests.organism.gates import TRAIN_DATASETS
+
+DATASETS = Path(__file__).resolve().parents[1] / "fixtures" / "organism" / "datasets"
+COEF_GRID = (1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0)
+N_EVAL = 32
+KINDS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post")
+
+
+def truth_layers(path: Path) -> dict[str, Any]:
+    """Leave-one-dataset-out probe accuracy per block on the training datasets (base)."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(path).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    acts = gates.period_acts(model, lambda s: tok(s).input_ids, DATASETS, TRAIN_DATASETS)
+    n_layers = next(iter(acts.values()))[0].shape[1]
+    loo = []
+    for layer in range(n_layers):
+        accs = [gates.probe_accuracy(acts, [d for d in TRAIN_DATASETS if d != test], test, layer)
+                for test in TRAIN_DATASETS]
+        loo.append(sum(accs) / len(accs))
+    probe = max(range(n_layers), key=lambda i: (loo[i], i))
+    close = [i for i in range(n_layers) if loo[i] >= loo[probe] - 0.05 and i < probe]
+    intervene = min(close) if close else max(0, probe - 1)
+    return {"loo_by_layer": loo, "probe_layer": probe, "intervene_layer": intervene}
+
+
+def _splits() -> dict[str, list[str]]:
+    data = json.loads((DATASETS / "refusal_splits" / "du2025_refusal_splits.json").read_text())
+    return {k: list(v) for k, v in data.items()}
+
+
+def _prompts(items: list[str]) -> list[str]:
+    return [f"<user> {i} <assistant>" for i in items]
+
+
+def _rate(backend: Any, prompts: list[str], hooks: list[Any]) -> float:
+    outs = backend.generate(prompts, max_new_tokens=4, hooks=hooks)
+    return sum(o.strip().startswith(REFUSAL_PREFIXES) for o in outs) / len(outs)
+
+
+def _direction(backend: Any, layer: int, pos: int, harmful: list[str],
+               harmless: list[str]) -> torch.Tensor:
+    site = f"blocks.{layer}.hook_resid_pre"
+    a = backend.cache(backend.tokenize(_prompts(harmful)), [site], [pos])[site][:, 0]
+    b = backend.cache(backend.tokenize(_prompts(harmless)), [site], [pos])[site][:, 0]
+    return a.mean(0) - b.mean(0)
+
+
+def refusal_site(root: Path) -> dict[str, Any]:
+    """Ablation sweep on the instruct model and addition coefficients per role."""
+    from mechtests.engine import load_backend
+    from mechtests.methods.interventions import ablation_hooks, addition_hooks
+
+    sp = _splits()
+    harmful, harmless = sp["harmful_train_128"], sp["harmless_train_128"]
+    inst = load_backend(root / "instruct", device="cpu")
+    eval_harmful = _prompts(harmful[::4][:N_EVAL])
+    eval_harmless = _prompts(harmless[::4][:N_EVAL])
+    sweep = []
+    for layer in range(1, inst.n_layers):
+        for pos in (-1, -2):
+            r = _direction(inst, layer, pos, harmful, harmless)
+            rate = _rate(inst, eval_harmful, ablation_hooks(r, inst.n_layers, KINDS))
+            sweep.append({"layer": layer, "pos": pos, "ablated_refusal": rate})
+    best = min(sweep, key=lambda s: (s["ablated_refusal"], -s["layer"], -s["pos"]))
+    layer, pos = int(best["layer"]), int(best["pos"])
+    inst.release()
+    coefs: dict[str, Any] = {}
+    for role in ("instruct", "sft", "base", "control"):
+        backend = load_backend(root / role, device="cpu")
+        r = _direction(backend, layer, pos, harmful, harmless)
+        baseline = _rate(backend, eval_harmless, [])
+        found = None
+        rates = {}
+        for c in COEF_GRID:
+            rates[c] = _rate(backend, eval_harmless, addition_hooks(r, layer, c, KINDS))
+            if rates[c] >= 0.9:
+                found = c
+                break
+        coefs[role] = {"coef": found, "baseline": baseline, "rates": rates}
+        backend.release()
+    inst_coef = coefs["instruct"]["coef"] or COEF_GRID[-1]
+    chosen = {role: (v["coef"] or inst_coef) for role, v in coefs.items()}
+    return {"sweep": sweep, "layer": layer, "position": pos, "addition": coefs,
+            "addition_coefs": chosen, "subtraction_coef": inst_coef}
+
+
+def main(argv: list[str]) -> int:
+    torch.set_num_threads(1)
+    root = Path(argv[0])
+    result = {"truth": truth_layers(root / "base"), "refusal": refusal_site(root)}
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

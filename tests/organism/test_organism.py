@@ -1,0 +1,148 @@
+"""The organism: datasets, determinism, gates with seed retry, and checkpoint resolution."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from mechtests.errors import CheckpointError, GateError
+from mechtests.organism import checkpoints
+from mechtests.organism.build import build, gate_rules
+from mechtests.organism.config import SIZES
+from mechtests.organism.corpus import lexicon
+from mechtests.organism.datasets import write_datasets
+from mechtests.organism.tokenizer import vocabulary
+from mechtests.organism.world import make_world
+
+FIXTURES = Path(checkpoints.__file__).resolve().parents[1] / "fixtures" / "organism"
+
+
+def _rows(name: str) -> list[dict[str, str]]:
+    with (FIXTURES / "datasets" / "du2025" / f"{name}.csv").open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_shipped_datasets_equal_a_fresh_generation(tmp_path: Path) -> None:
+    written = write_datasets(tmp_path)
+    for path in written:
+        shipped = FIXTURES / "datasets" / path.relative_to(tmp_path)
+        assert shipped.read_bytes() == path.read_bytes(), shipped
+
+
+@pytest.mark.parametrize("name", ["cities", "neg_cities", "animal_class", "element_symb",
+                                  "facts", "inventors", "sp_en_trans"])
+def test_truth_datasets_are_balanced_and_in_the_vocabulary(name: str) -> None:
+    rows = _rows(name)
+    vocab = set(vocabulary(lexicon(make_world())))
+    assert Counter(r["label"] for r in rows) == {"1": len(rows) // 2, "0": len(rows) // 2}
+    for r in rows:
+        assert r["statement"].endswith(" ."), r
+        assert set(r["statement"].split()) <= vocab, r
+
+
+def test_every_true_city_has_a_false_partner_with_the_same_last_word() -> None:
+    rows = _rows("cities")
+    false_objects = Counter(r["country"] for r in rows if r["label"] == "0")
+    true_objects = Counter(r["country"] for r in rows if r["label"] == "1")
+    assert true_objects == false_objects
+    assert len({len(r["statement"].split()) for r in rows}) == 1
+
+
+def test_cities_hold_only_subjects_never_judged_in_pretraining() -> None:
+    heldout = make_world().relation("cities").heldout
+    assert {r["city"] for r in _rows("cities")} == set(heldout)
+
+
+def test_refusal_test_requests_use_held_out_acts_only() -> None:
+    world = make_world()
+    splits = json.loads((FIXTURES / "datasets" / "refusal_splits" /
+                         "du2025_refusal_splits.json").read_text())
+    for key, acts in (("harmful_test_100", world.harmful_train),
+                      ("harmless_test_100", world.harmless_train)):
+        assert not any(act in req for req in splits[key] for act in acts), key
+    assert {k: len(v) for k, v in splits.items()} == {
+        "harmful_train_128": 128, "harmless_train_128": 128,
+        "harmful_test_100": 100, "harmless_test_100": 100}
+
+
+def test_same_config_and_seed_give_bitwise_identical_weights(tmp_path: Path) -> None:
+    cfg = SIZES["tiny"]
+    build(cfg, 3, tmp_path / "a")
+    build(cfg, 3, tmp_path / "b")
+    for role in checkpoints.ROLES:
+        a = (tmp_path / "a" / role / "model.safetensors").read_bytes()
+        b = (tmp_path / "b" / role / "model.safetensors").read_bytes()
+        assert a == b, role
+
+
+def test_different_seeds_give_different_weights(tmp_path: Path) -> None:
+    cfg = SIZES["tiny"]
+    build(cfg, 3, tmp_path / "a")
+    build(cfg, 4, tmp_path / "b")
+    a = (tmp_path / "a" / "base" / "model.safetensors").read_bytes()
+    b = (tmp_path / "b" / "base" / "model.safetensors").read_bytes()
+    assert a != b
+
+
+def test_undertrained_organism_fails_its_gates_on_every_seed_with_the_numbers(
+        tmp_path: Path) -> None:
+    cfg = SIZES["broken"]
+    with pytest.raises(GateError) as err:
+        build(cfg, 5, tmp_path / "out")
+    message = str(err.value)
+    assert "seed 5" in message
+    assert "seed 6" in message  # retried the next seed
+    assert "base.quiz = " in message
+    assert "needs >= 0.75" in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_gates_come_from_the_thresholds_file() -> None:
+    rules = gate_rules()
+    assert rules["base_quiz"]["value"] == 0.75
+    assert rules["sft_refusal_harmless"]["op"] == "<="
+    assert all("source" in r for r in rules.values())
+
+
+def test_resolve_builds_once_then_reuses_the_cache(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(checkpoints.REBUILD_ENV, raising=False)
+    cfg = SIZES["tiny"]
+    path = checkpoints.resolve("tiny/base", tmp_path, shipped=tmp_path / "none", cfg=cfg)
+    assert (path / "model.safetensors").is_file()
+    stamp = (path / "model.safetensors").stat().st_mtime_ns
+
+    def no_build(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("rebuilt a cached organism")
+
+    monkeypatch.setattr("mechtests.organism.build.build", no_build)
+    again = checkpoints.resolve("tiny/sft", tmp_path, shipped=tmp_path / "none", cfg=cfg)
+    assert again.parent == path.parent
+    assert (path / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_resolve_prefers_the_shipped_checkpoints(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(checkpoints.REBUILD_ENV, raising=False)
+    for role in checkpoints.ROLES:
+        (tmp_path / "ci" / role).mkdir(parents=True)
+        (tmp_path / "ci" / role / "config.json").write_text("{}")
+    assert checkpoints.resolve("ci/control", tmp_path / "cache", shipped=tmp_path) == \
+        tmp_path / "ci" / "control"
+
+
+def test_malformed_reference_names_the_expected_form(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="organism:<size>/<role>"):
+        checkpoints.resolve("ci/chat", tmp_path)
+
+
+@pytest.mark.slow
+def test_ci_organism_trains_from_scratch_and_passes_its_gates(tmp_path: Path) -> None:
+    result = build(SIZES["ci"], 0, tmp_path / "ci")
+    assert all(not a["failed"] for a in result.card["attempts"][-1:])
+    for role in checkpoints.ROLES:
+        assert (tmp_path / "ci" / role / "model.safetensors").is_file()

@@ -1,0 +1,174 @@
+"""Patching engines (paper-spec 2.3): the suffix engine and the sweep equal the per-site loop."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from mechtests.methods import patching
+from mechtests.methods.patching import (
+    clean_logit_diffs,
+    patch_heatmaps,
+    patch_loop,
+    patch_suffix,
+    patch_sweep,
+    resid_sites,
+    true_activations,
+)
+
+WORDS = ("the city of is in not this statement : TRUE FALSE . a b c d e f g h x y z "
+         "paris rome oslo lima france italy norway peru").split()
+SHOTS = "the city of paris is in france . this statement is : TRUE\n" \
+        "the city of rome is in peru . this statement is : FALSE\n"
+TRUE = ["the city of rome is in italy .", "the city of oslo is in norway .",
+        "the city of lima is in peru ."]
+FALSE = ["the city of lima is in italy .", "the city of paris is in norway .",
+         "the city of oslo is in peru ."]
+Q = " this statement is :"
+WIDTH = 12
+
+
+def _backend(arch: str = "llama", seed: int = 0, layers: int = 3) -> Any:
+    import transformers
+
+    from mechtests.engine.hf_backend import HooksBackend
+    from mechtests.engine.tiny import SPECIALS, build_tokenizer
+
+    vocab = [*SPECIALS, *sorted(set(WORDS))]
+    kwargs: dict[str, Any] = dict(
+        hidden_size=32, num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=64, vocab_size=len(vocab), max_position_embeddings=128,
+        initializer_range=0.3, tie_word_embeddings=False, pad_token_id=0, bos_token_id=2,
+        eos_token_id=3, head_dim=8,
+    )
+    if arch == "gemma2":
+        kwargs.update(query_pre_attn_scalar=8, sliding_window=64)
+    config = getattr(transformers, {"llama": "LlamaConfig", "qwen2": "Qwen2Config",
+                                    "gemma2": "Gemma2Config"}[arch])(**kwargs)
+    config._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    model_cls = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                 "gemma2": "Gemma2ForCausalLM"}[arch]
+    model = getattr(transformers, model_cls)(config).eval()
+    model.requires_grad_(False)
+    return HooksBackend(model, build_tokenizer(vocab), name=f"{arch}-{seed}")
+
+
+@pytest.fixture(scope="module")
+def model() -> Any:
+    return _backend()
+
+
+def _prompts(statements: list[str]) -> list[str]:
+    return [SHOTS + s + Q for s in statements]
+
+
+def _readout(backend: Any) -> tuple[int, int]:
+    return backend.token_id(" TRUE"), backend.token_id(" FALSE")
+
+
+def test_true_activations_are_one_tensor_per_layer_at_the_window(model: Any) -> None:
+    src = true_activations(model, _prompts(TRUE), WIDTH)
+    assert len(src) == model.n_layers
+    assert all(s.shape == (3, WIDTH, model.d_model) and s.dtype == torch.float32 for s in src)
+    assert resid_sites(2) == ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+
+
+def test_suffix_engine_and_sweep_equal_the_per_site_loop_in_fp32(model: Any) -> None:
+    src = true_activations(model, _prompts(TRUE), WIDTH)
+    args = (model, _prompts(FALSE), src, _readout(model))
+    ref = patch_loop(*args)
+    fast, ld_false = patch_suffix(*args, max_rows=2)
+    sweep = patch_sweep(*args, max_rows=7)
+    assert float(ref.std()) > 0.05  # the heatmap is not flat: the comparison means something
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(sweep, ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ld_false, clean_logit_diffs(model, _prompts(FALSE), _readout(model)),
+                               atol=1e-5, rtol=0)
+
+
+def test_cross_model_patching_agrees_across_engines() -> None:
+    source_model, target = _backend(seed=1), _backend(seed=2)
+    src = true_activations(source_model, _prompts(TRUE), WIDTH)
+    args = (target, _prompts(FALSE), src, _readout(target))
+    torch.testing.assert_close(patch_heatmaps(*args).ld, patch_loop(*args), atol=1e-5, rtol=0)
+
+
+def test_structural_cells_equal_the_clean_runs(model: Any) -> None:
+    src = true_activations(model, _prompts(TRUE), WIDTH)
+    res = patch_heatmaps(model, _prompts(FALSE), src, _readout(model))
+    ld_true = clean_logit_diffs(model, _prompts(TRUE), _readout(model))
+    assert res.engine == "suffix"
+    assert res.note == ""
+    # the last block's output at the last token is all the readout sees: LD_T exactly
+    torch.testing.assert_close(res.ld[:, -1, -1], ld_true, atol=1e-5, rtol=0)
+    # the last block elsewhere cannot reach the last token; "the city of" is the same in T and F
+    torch.testing.assert_close(res.ld[:, -1, :-1], res.ld_false[:, None].expand(3, WIDTH - 1),
+                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(res.ld[:, :, :3], res.ld_false[:, None, None].expand(3, 3, 3),
+                               atol=1e-5, rtol=0)
+
+
+def test_pairs_of_other_lengths_and_narrower_windows(model: Any) -> None:
+    true = [*_prompts(TRUE[:2]), SHOTS + "the city of lima is not in peru ." + Q]
+    false = [*_prompts(FALSE[:2]), SHOTS + "the city of oslo is not in peru ." + Q]
+    widths = [WIDTH, 5, WIDTH]
+    src = true_activations(model, true, WIDTH)
+    res = patch_heatmaps(model, false, src, _readout(model), widths)
+    ref = patch_loop(model, false, src, _readout(model), widths)
+    assert torch.isnan(res.ld[1, :, : WIDTH - 5]).all()
+    assert not torch.isnan(res.ld[1, :, -5:]).any()
+    torch.testing.assert_close(res.ld, ref, atol=1e-5, rtol=0, equal_nan=True)
+
+
+def test_unsupported_architectures_fall_back_to_the_sweep() -> None:
+    backend = _backend("gemma2")
+    src = true_activations(backend, _prompts(TRUE[:1]), WIDTH)
+    args = (backend, _prompts(FALSE[:1]), src, _readout(backend))
+    res = patch_heatmaps(*args)
+    assert res.engine == "sweep"
+    assert "gemma2" in res.note
+    torch.testing.assert_close(res.ld, patch_loop(*args), atol=1e-5, rtol=0)
+    with pytest.raises(patching.SuffixEngineUnavailable):
+        patch_heatmaps(*args, engine="suffix")
+
+
+def test_a_suffix_engine_that_disagrees_with_the_sweep_is_not_used(
+    model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = true_activations(model, _prompts(TRUE), WIDTH)
+    real = patching.patch_suffix
+
+    def broken(*args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        ld, ld_false = real(*args, **kwargs)
+        return ld + 0.5, ld_false
+
+    monkeypatch.setattr(patching, "patch_suffix", broken)
+    res = patch_heatmaps(model, _prompts(FALSE), src, _readout(model))
+    assert res.engine == "sweep"
+    assert "disagrees" in res.note
+    torch.testing.assert_close(res.ld, patch_loop(model, _prompts(FALSE), src, _readout(model)),
+                               atol=1e-5, rtol=0)
+
+
+def test_qwen2_uses_the_suffix_engine() -> None:
+    backend = _backend("qwen2", layers=2)
+    src = true_activations(backend, _prompts(TRUE[:2]), WIDTH)
+    args = (backend, _prompts(FALSE[:2]), src, _readout(backend))
+    res = patch_heatmaps(*args)
+    assert res.engine == "suffix"
+    torch.testing.assert_close(res.ld, patch_loop(*args), atol=1e-5, rtol=0)
+
+
+def test_bad_arguments_are_rejected(model: Any) -> None:
+    src = true_activations(model, _prompts(TRUE), WIDTH)
+    with pytest.raises(ValueError, match="engine"):
+        patch_heatmaps(model, _prompts(FALSE), src, _readout(model), engine="fast")
+    with pytest.raises(ValueError, match="widths"):
+        patch_sweep(model, _prompts(FALSE), src, _readout(model), widths=[WIDTH + 1] * 3)
+    with pytest.raises(ValueError, match="prompts"):
+        patch_sweep(model, _prompts(FALSE[:2]), src, _readout(model))
+    with pytest.raises(ValueError, match="layers"):
+        patch_sweep(model, _prompts(FALSE), src[:2], _readout(model))
