@@ -17,6 +17,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from mechtests.bench import add_bench_subparser, run_bench  # issue 8: mechtests bench
+
 
 def _run(pytest_args: Sequence[str]) -> int:
     import pytest
@@ -46,19 +48,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser(
-        "run", help="run the claim suite; all further arguments go to pytest",
+        "run",
+        help="run the claim suite; all further arguments go to pytest",
         description="Run the claim suite and print the claim matrix. Every argument is passed "
-                    "to pytest (see `pytest --help`, group 'mechtests').",
+        "to pytest (see `pytest --help`, group 'mechtests').",
     )
-    run.add_argument("pytest_args", nargs=argparse.REMAINDER,
-                     help="arguments for pytest, e.g. --model-family tiny -n 2")
-    fams = sub.add_parser("families", help="list the model families",
-                          description="List the model families and their checkpoint references.")
-    fams.add_argument("--families-file", default=None,
-                      help="extra YAML file of families. Default: none.")
+    run.add_argument(
+        "pytest_args",
+        nargs=argparse.REMAINDER,
+        help="arguments for pytest, e.g. --model-family tiny -n 2",
+    )
+    fams = sub.add_parser(
+        "families",
+        help="list the model families",
+        description="List the model families and their checkpoint references.",
+    )
+    fams.add_argument(
+        "--families-file", default=None, help="extra YAML file of families. Default: none."
+    )
     from mechtests.report.cli import add_report_subparser
 
     add_report_subparser(sub)
+    add_bench_subparser(sub)
     try:
         from mechtests.organism.cli import add_subparser
     except ImportError:  # organism package not available
@@ -75,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "families":
         return _families(args.families_file)
+    if args.command == "bench":
+        return run_bench(args)
     if args.command == "report":
         from mechtests.report.cli import run_report
 

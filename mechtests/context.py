@@ -68,7 +68,7 @@ class FamilyContext:
         return self._paths[role]
 
     def fingerprint(self, role: str) -> str:
-        """Content hash of ``role``'s checkpoint (see :func:`mechtests.store.fingerprint_checkpoint`)."""
+        """Content hash of ``role``'s checkpoint (:func:`mechtests.store.fingerprint_checkpoint`)."""
         if role not in self._fingerprints:
             from mechtests.store import fingerprint_checkpoint
 
@@ -135,8 +135,13 @@ class FamilyContext:
             key,
             expected,
             lambda: collect_activations(
-                self.backend(role), prompts, sites, positions, batch_size=batch_size,
-                progress=self.options.progress, desc=f"{self.family.name}/{role} {tag}",
+                self.backend(role),
+                prompts,
+                sites,
+                positions,
+                batch_size=batch_size,
+                progress=self.options.progress,
+                desc=f"{self.family.name}/{role} {tag}",
             ),
             tag=tag,
         )

@@ -33,6 +33,7 @@ POST_ROLES = ("sft", "instruct")
 SCHEME_RESOLVERS = {
     "organism": "mechtests.organism.checkpoints",
     "tiny": "mechtests.engine.tiny",
+    "shape": "mechtests.shapes",  # real-shape random weights (mechtests/shapes.yaml)
 }
 
 
@@ -117,8 +118,17 @@ class Family:
         return replace(self, models=models)
 
 
-_FAMILY_KEYS = {"description", "architecture", "datasets", "models", "truth", "knowledge",
-                "refusal", "random_weights", "extra"}
+_FAMILY_KEYS = {
+    "description",
+    "architecture",
+    "datasets",
+    "models",
+    "truth",
+    "knowledge",
+    "refusal",
+    "random_weights",
+    "extra",
+}
 _ARCHITECTURES = {"llama", "mistral", "qwen2", "gemma2"}
 
 
@@ -178,8 +188,11 @@ def _parse_family(name: str, raw: Mapping[str, Any], source: Path) -> Family:
         prefixes=tuple(str(p) for p in r.get("prefixes") or ()),
     )
     for role in models:
-        for part, table in (("templates", refusal.templates), ("positions", refusal.positions),
-                            ("addition_coefs", refusal.addition_coefs)):
+        for part, table in (
+            ("templates", refusal.templates),
+            ("positions", refusal.positions),
+            ("addition_coefs", refusal.addition_coefs),
+        ):
             if role not in table:
                 raise ConfigError(
                     f"{source}: {name}.refusal.{part} has no entry for role {role!r}. "
@@ -212,7 +225,9 @@ def load_families(extra_file: Path | None = None) -> dict[str, Family]:
         try:
             raw = yaml.safe_load(source.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{source}: not valid YAML ({' '.join(str(exc).split())}). Fix: correct the syntax.") from None
+            raise ConfigError(
+                f"{source}: not valid YAML ({' '.join(str(exc).split())}). Fix: correct the syntax."
+            ) from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{source}: expected a mapping of family name -> settings.")
         for name, body in raw.items():
@@ -223,7 +238,9 @@ def load_families(extra_file: Path | None = None) -> dict[str, Family]:
                     f"{source}: family {name!r} is malformed ({exc!r}). Fix: compare it with "
                     "the 'organism' entry of the packaged families.yaml."
                 ) from None
-    return families
+    from mechtests.shapes import add_shape_families  # <preset>-shape families (shapes.yaml)
+
+    return add_shape_families(families)
 
 
 def select_family(families: Mapping[str, Family], name: str) -> Family:

@@ -261,7 +261,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
     def key(item: pytest.Item) -> tuple[int, str, str, str]:
         callspec = getattr(item, "callspec", None)
-        case = callspec.params.get("claim_case") if callspec else None
+        case: Any = callspec.params.get("claim_case") if callspec else None
         if not hasattr(case, "claim"):
             return (0, "", "", "")
         return (1, case.family, case.claim.area, case.test_id)
@@ -281,7 +281,7 @@ class _Recorder:
         for key, value in report.user_properties:
             if key != RECORD_KEY:
                 continue
-            record = json.loads(value)
+            record = json.loads(str(value))
             if hasattr(report, "wasxfail") and record["verdict"] == "FAIL":
                 record["verdict"] = "XFAIL"
             elif record.get("expected_failure") and record["verdict"] == "PASS":

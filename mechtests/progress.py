@@ -43,6 +43,10 @@ def progress_enabled(enabled: bool = True) -> bool:
         return True
     if os.environ.get("CI") or os.environ.get("PYTEST_XDIST_WORKER"):
         return False
+    return _stderr_is_terminal()
+
+
+def _stderr_is_terminal() -> bool:
     try:
         return sys.stderr.isatty()
     except (AttributeError, ValueError):  # replaced or closed stream

@@ -67,8 +67,9 @@ class ClaimRecord:
 class ClaimRunner:
     """Holds one :class:`FamilyContext` per family for the life of a process."""
 
-    def __init__(self, families: dict[str, Family], thresholds: Thresholds,
-                 options: RunOptions) -> None:
+    def __init__(
+        self, families: dict[str, Family], thresholds: Thresholds, options: RunOptions
+    ) -> None:
         self.families = families
         self.thresholds = thresholds
         self.options = options
@@ -88,12 +89,21 @@ class ClaimRunner:
     def base_record(self, case: ClaimCase, spec: ThresholdSpec | None) -> ClaimRecord:
         claim = case.claim
         return ClaimRecord(
-            claim_id=claim.id, area=claim.area, family=case.family, pair=list(case.pair),
-            statement=claim.statement, paper=claim.paper, metric_name=claim.metric,
-            verdict=Verdict.ERROR.value, message="", control_label=claim.control,
-            op=spec.op if spec else "", threshold=spec.value if spec else None,
+            claim_id=claim.id,
+            area=claim.area,
+            family=case.family,
+            pair=list(case.pair),
+            statement=claim.statement,
+            paper=claim.paper,
+            metric_name=claim.metric,
+            verdict=Verdict.ERROR.value,
+            message="",
+            control_label=claim.control,
+            op=spec.op if spec else "",
+            threshold=spec.value if spec else None,
             control_margin=spec.control.margin if spec and spec.control else None,
-            source=spec.source if spec else "", note=spec.note if spec else "",
+            source=spec.source if spec else "",
+            note=spec.note if spec else "",
             expected_failure=self.thresholds.expected_failure(claim.id, case.family),
         )
 
@@ -110,8 +120,10 @@ class ClaimRunner:
         judgement = judge(measurement, spec)
         if ctx.family.random_weights:
             judgement = Judgement(
-                Verdict.INFO, f"random weights: no verdict (would be {judgement.verdict}: "
-                f"{judgement.message})", judgement.bound)
+                Verdict.INFO,
+                f"random weights: no verdict (would be {judgement.verdict}: {judgement.message})",
+                judgement.bound,
+            )
         record.verdict = judgement.verdict.value
         record.message = judgement.message
         record.metric = float(measurement.metric)

@@ -54,7 +54,9 @@ def fingerprint_checkpoint(directory: Path) -> str:
                 for chunk in iter(lambda: fh.read(2**22), b""):
                     digest.update(chunk)
                 continue
-            header_len = int.from_bytes(fh.read(8), "little") if path.suffix == ".safetensors" else 0
+            header_len = (
+                int.from_bytes(fh.read(8), "little") if path.suffix == ".safetensors" else 0
+            )
             fh.seek(0)
             digest.update(fh.read(8 + min(header_len, 2**24)))
             for i in range(_SAMPLES):
@@ -117,8 +119,9 @@ class ActivationStore:
             return tensors
 
     @staticmethod
-    def _check(tensors: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]],
-               path: Path) -> None:
+    def _check(
+        tensors: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]], path: Path
+    ) -> None:
         for name, shape in expected.items():
             got = tuple(tensors[name].shape) if name in tensors else None
             if got != tuple(shape):
@@ -156,12 +159,16 @@ class ActivationStore:
         return tensors
 
     @staticmethod
-    def _write(path: Path, tensors: Mapping[str, torch.Tensor], key_parts: Mapping[str, Any]) -> None:
+    def _write(
+        path: Path, tensors: Mapping[str, torch.Tensor], key_parts: Mapping[str, Any]
+    ) -> None:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         meta = {"key": json.dumps(key_parts, sort_keys=True, default=str)}
         try:
-            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), meta)
-            os.replace(tmp, path)
+            save_file(
+                {k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), meta
+            )
+            tmp.replace(path)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise CacheError(

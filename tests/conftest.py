@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 
 import pytest
 
@@ -15,9 +14,8 @@ pytest_plugins = ["pytester"]
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _one_torch_thread() -> Iterator[None]:
+def _one_torch_thread() -> None:
     """2-core machines: one thread per process (xdist workers would oversubscribe)."""
     import torch
 
     torch.set_num_threads(1)
-    yield

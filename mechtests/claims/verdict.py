@@ -44,7 +44,8 @@ def judge(measurement: Measurement, spec: ThresholdSpec) -> Judgement:
         if measurement.control is None or math.isnan(measurement.control):
             return Judgement(
                 Verdict.ERROR,
-                f"threshold needs a control but the measure returned none ({measurement.control_label})",
+                "threshold needs a control but the measure returned none "
+                f"({measurement.control_label})",
                 bound,
             )
         gap = metric - measurement.control if geq else measurement.control - metric

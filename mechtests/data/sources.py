@@ -69,7 +69,9 @@ def dataset_source(spec: str, datasets_dir: Path | None) -> DatasetSource:
             )
         return DatasetSource(spec, root)
     if spec == "paper":
-        given = datasets_dir or (Path(os.environ[DATASETS_ENV]) if os.environ.get(DATASETS_ENV) else None)
+        given = datasets_dir or (
+            Path(os.environ[DATASETS_ENV]) if os.environ.get(DATASETS_ENV) else None
+        )
         if given is not None and not given.is_dir():
             raise DatasetError(
                 f"--mechtests-datasets {given} is not a directory. Fix: pass the folder that "

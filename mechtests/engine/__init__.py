@@ -83,19 +83,25 @@ def load_hf(path: Path, *, device: str = "auto", dtype: str = "float32") -> tupl
         ) from None
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from mechtests.engine.random_weights import instantiate as instantiate_random
+    from mechtests.engine.random_weights import is_random_weights
+
     try:
         with quiet_progress():
             tokenizer = _tokenizer_class(path, AutoTokenizer).from_pretrained(
                 path, local_files_only=True, trust_remote_code=False
             )
-            model = AutoModelForCausalLM.from_pretrained(
-                path,
-                local_files_only=True,
-                use_safetensors=True,
-                trust_remote_code=False,
-                attn_implementation="eager",
-                dtype=getattr(torch, dtype),
-            )
+            if is_random_weights(path):  # shape: checkpoints (mechtests.shapes): no weights
+                model = instantiate_random(path, torch_device, getattr(torch, dtype))
+            else:
+                model = AutoModelForCausalLM.from_pretrained(
+                    path,
+                    local_files_only=True,
+                    use_safetensors=True,
+                    trust_remote_code=False,
+                    attn_implementation="eager",
+                    dtype=getattr(torch, dtype),
+                )
     except Exception as exc:
         raise CheckpointError(
             f"cannot load the checkpoint in {path} ({type(exc).__name__}: "

@@ -32,7 +32,7 @@ from urllib.parse import quote
 __all__ = ["VERDICTS", "cell_parts", "render_html", "write_html"]
 
 Record = Mapping[str, Any]
-VERDICTS = ("PASS", "FAIL", "XFAIL", "XPASS", "ERROR", "SKIP", "TIMING")
+VERDICTS = ("PASS", "FAIL", "XFAIL", "XPASS", "ERROR", "SKIP", "INFO")
 _IMAGE = (".png", ".svg", ".jpg", ".jpeg", ".gif", ".webp")
 
 
@@ -179,7 +179,7 @@ def _drift_cell(record: Record | None) -> str:
 _CSS = """
 :root{--pass:#d9f2dd;--pass-b:#1e7b34;--fail:#f9d6d5;--fail-b:#b3261e;--xfail:#fcefc7;
 --xfail-b:#8a6100;--xpass:#eadcf8;--xpass-b:#6a2fa8;--error:#ffd8b5;--error-b:#a14b00;
---skip:#eceff1;--skip-b:#546e7a;--timing:#dbe9fb;--timing-b:#1f5fa8}
+--skip:#eceff1;--skip-b:#546e7a;--info:#dbe9fb;--info-b:#1f5fa8}
 body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:1.2em;color:#1b1b1b}
 h1{font-size:1.4em;margin:0 0 .3em}.meta{color:#555;font-size:.85em;margin:.2em 0}
 .badge{display:inline-block;border-radius:3px;padding:0 .4em;margin-right:.3em;font-weight:600;
@@ -206,7 +206,7 @@ details dd{margin:0;white-space:pre-wrap}
 .v-XPASS{background:var(--xpass)}.v-XPASS .verdict{color:var(--xpass-b)}
 .v-ERROR{background:var(--error)}.v-ERROR .verdict{color:var(--error-b)}
 .v-SKIP{background:var(--skip)}.v-SKIP .verdict{color:var(--skip-b)}
-.v-TIMING{background:var(--timing)}.v-TIMING .verdict{color:var(--timing-b)}
+.v-INFO{background:var(--info)}.v-INFO .verdict{color:var(--info-b)}
 .drift{font-size:.85em;min-width:6em}.d-ok{background:#eef8f0}.d-drift{background:var(--fail)}
 .d-drift .verdict{color:var(--fail-b)}.d-new{background:var(--xfail)}.d-na{background:var(--skip)}
 .empty{background:repeating-linear-gradient(45deg,#fafafa,#fafafa 4px,#f0f0f0 4px,#f0f0f0 8px)}

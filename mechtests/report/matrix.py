@@ -17,8 +17,18 @@ from pathlib import Path
 from typing import Any
 
 Record = Mapping[str, Any]
-PACKAGES = ("mechtests", "torch", "transformers", "transformer-lens", "numpy", "scipy", "pytest",
-            "pytest-xdist", "safetensors", "tokenizers")
+PACKAGES = (
+    "mechtests",
+    "torch",
+    "transformers",
+    "transformer-lens",
+    "numpy",
+    "scipy",
+    "pytest",
+    "pytest-xdist",
+    "safetensors",
+    "tokenizers",
+)
 
 
 def column_of(record: Record) -> str:
@@ -48,7 +58,9 @@ def cell_text(record: Record) -> str:
     return text
 
 
-def build_grid(records: Iterable[Record]) -> tuple[list[str], list[tuple[str, str]], dict[tuple[str, str], str]]:
+def build_grid(
+    records: Iterable[Record],
+) -> tuple[list[str], list[tuple[str, str]], dict[tuple[str, str], str]]:
     """Columns, (area, claim) rows and cells of the matrix."""
     columns: list[str] = []
     rows: list[tuple[str, str]] = []
@@ -69,8 +81,9 @@ def format_terminal(records: Sequence[Record]) -> list[str]:
     """The grid as terminal lines, then counts per verdict."""
     columns, rows, cells = build_grid(records)
     width0 = max(len(claim) for _, claim in rows) + 2
-    widths = [max([len(c)] + [len(cells.get((claim, c), "")) for _, claim in rows]) + 2
-              for c in columns]
+    widths = [
+        max([len(c)] + [len(cells.get((claim, c), "")) for _, claim in rows]) + 2 for c in columns
+    ]
     lines = ["", "mechtests claim matrix".center(width0 + sum(widths), "=")]
     lines.append("claim".ljust(width0) + "".join(c.ljust(w) for c, w in zip(columns, widths)))
     area = None
@@ -78,28 +91,33 @@ def format_terminal(records: Sequence[Record]) -> list[str]:
         if row_area != area:
             area = row_area
             lines.append(f"[{area}]")
-        lines.append(claim.ljust(width0) + "".join(
-            cells.get((claim, c), "").ljust(w) for c, w in zip(columns, widths)))
+        lines.append(
+            claim.ljust(width0)
+            + "".join(cells.get((claim, c), "").ljust(w) for c, w in zip(columns, widths))
+        )
     counts: dict[str, int] = {}
     for rec in records:
         counts[rec["verdict"]] = counts.get(rec["verdict"], 0) + 1
     lines.append("verdicts: " + ", ".join(f"{n} {v}" for v, n in sorted(counts.items())))
-    lines.append("cell = verdict, compared value (CI bound when an interval exists) vs threshold, "
-                 "c = control value; details in reports/claim_matrix.md")
+    lines.append(
+        "cell = verdict, compared value (CI bound when an interval exists) vs threshold, "
+        "c = control value; details in reports/claim_matrix.md"
+    )
     return lines
 
 
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5, check=False)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+        )
     except OSError:
         return None
     return out.stdout.strip() or None
 
 
 def machine_info() -> dict[str, Any]:
-    versions = {}
+    versions: dict[str, str | None] = {}
     for pkg in PACKAGES:
         try:
             versions[pkg] = metadata.version(pkg)
@@ -118,16 +136,26 @@ def machine_info() -> dict[str, Any]:
 def to_markdown(records: Sequence[Record], meta: Mapping[str, Any]) -> str:
     """The matrix plus one detail row per result, as Markdown."""
     columns, rows, cells = build_grid(records)
-    out = ["# mechtests claim matrix", "",
-           f"Generated {meta['datetime']} · thresholds `{meta['thresholds']['path']}` "
-           f"(sha256 `{meta['thresholds']['sha256'][:12]}`) · options {meta['options']}", ""]
+    out = [
+        "# mechtests claim matrix",
+        "",
+        f"Generated {meta['datetime']} · thresholds `{meta['thresholds']['path']}` "
+        f"(sha256 `{meta['thresholds']['sha256'][:12]}`) · options {meta['options']}",
+        "",
+    ]
     out.append("| claim | " + " | ".join(columns) + " |")
     out.append("|---" * (len(columns) + 1) + "|")
     for _, claim in rows:
-        out.append(f"| `{claim}` | " + " | ".join(cells.get((claim, c), "") for c in columns) + " |")
-    out += ["", "## Details", "",
-            "| claim | family | pair | verdict | metric | interval | control | rule | source | why |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+        out.append(
+            f"| `{claim}` | " + " | ".join(cells.get((claim, c), "") for c in columns) + " |"
+        )
+    out += [
+        "",
+        "## Details",
+        "",
+        "| claim | family | pair | verdict | metric | interval | control | rule | source | why |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for rec in sorted(records, key=lambda r: (r["area"], r["claim_id"], r["family"], r["pair"])):
         interval = rec.get("interval")
         iv = f"[{_num(interval[0])}, {_num(interval[1])}]" if interval else "-"
@@ -151,8 +179,13 @@ def to_markdown(records: Sequence[Record], meta: Mapping[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_matrix(records: Sequence[Record], report_dir: Path, thresholds: Any,
-                 families: Mapping[str, Any], options: Mapping[str, Any]) -> list[Path]:
+def write_matrix(
+    records: Sequence[Record],
+    report_dir: Path,
+    thresholds: Any,
+    families: Mapping[str, Any],
+    options: Mapping[str, Any],
+) -> list[Path]:
     """Write ``claim_matrix.json``, ``.md`` and ``.html``; return their paths."""
     report_dir.mkdir(parents=True, exist_ok=True)
     checkpoints: dict[str, dict[str, str]] = {}
@@ -163,8 +196,10 @@ def write_matrix(records: Sequence[Record], report_dir: Path, thresholds: Any,
         "datetime": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine_info": machine_info(),
         "thresholds": {"path": str(thresholds.path), "sha256": thresholds.sha256},
-        "families": {name: {role: spec.ref for role, spec in fam.models.items()}
-                     for name, fam in families.items()},
+        "families": {
+            name: {role: spec.ref for role, spec in fam.models.items()}
+            for name, fam in families.items()
+        },
         "checkpoints": checkpoints,
         "options": dict(options),
     }

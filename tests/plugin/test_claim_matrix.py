@@ -24,18 +24,33 @@ def judged_tiny(directory: Path) -> Path:
     return path
 
 
-def run_suite(pytester: pytest.Pytester, cache: Path, report: Path, *extra: str,
-              family: str = "tinyj") -> pytest.RunResult:
+def run_suite(
+    pytester: pytest.Pytester, cache: Path, report: Path, *extra: str, family: str = "tinyj"
+) -> pytest.RunResult:
     return pytester.runpytest_subprocess(
-        "--pyargs", "mechtests.suite", "--families-file", str(judged_tiny(pytester.path)),
-        "--model-family", family, "-p", "no:cacheprovider", "--mechtests-cache", str(cache),
-        "--claim-report", str(report), "-k", CLAIM, *extra,
+        "--pyargs",
+        "mechtests.suite",
+        "--families-file",
+        str(judged_tiny(pytester.path)),
+        "--model-family",
+        family,
+        "-p",
+        "no:cacheprovider",
+        "--mechtests-cache",
+        str(cache),
+        "--claim-report",
+        str(report),
+        "-k",
+        CLAIM,
+        *extra,
     )
 
 
 def metrics(report: Path) -> dict[tuple[str, str, str], float | None]:
     data = json.loads((report / "claim_matrix.json").read_text())
-    return {(r["claim_id"], r["family"], "->".join(r["pair"])): r["metric"] for r in data["results"]}
+    return {
+        (r["claim_id"], r["family"], "->".join(r["pair"])): r["metric"] for r in data["results"]
+    }
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +68,8 @@ def test_the_matrix_is_printed_and_written(pytester: pytest.Pytester, cache_dir:
     assert {"->".join(r["pair"]) for r in rows} == {"base->sft", "base->instruct"}
     for row in rows:
         assert row["verdict"] in {"PASS", "FAIL"}
-        assert row["control"] is not None and row["source"]
+        assert row["control"] is not None
+        assert row["source"]
     assert (report / "claim_matrix.md").read_text().startswith("# mechtests claim matrix")
 
 

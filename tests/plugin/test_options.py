@@ -8,9 +8,19 @@ import sys
 import pytest
 
 OPTIONS = (
-    "--model-family", "--families-file", "--thresholds", "--base", "--sft", "--instruct",
-    "--mechtests-device", "--mechtests-dtype", "--mechtests-backend", "--mechtests-cache",
-    "--mechtests-datasets", "--claim-report", "--max-examples",
+    "--model-family",
+    "--families-file",
+    "--thresholds",
+    "--base",
+    "--sft",
+    "--instruct",
+    "--mechtests-device",
+    "--mechtests-dtype",
+    "--mechtests-backend",
+    "--mechtests-cache",
+    "--mechtests-datasets",
+    "--claim-report",
+    "--max-examples",
 )
 
 
@@ -31,18 +41,22 @@ def test_help_lists_every_option_with_its_default(pytester: pytest.Pytester) -> 
         assert "Default:" in block, f"{option} has no default in its help"
 
 
-@pytest.mark.parametrize("args", [["--help"], ["--pyargs", "mechtests.suite", "--collect-only", "-q"]])
+@pytest.mark.parametrize(
+    "args", [["--help"], ["--pyargs", "mechtests.suite", "--collect-only", "-q"]]
+)
 def test_help_and_collection_do_not_import_torch(args: list[str]) -> None:
     code = (
-        "import sys, pytest; pytest.main(%r);"
-        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')" % (args,)
+        f"import sys, pytest; pytest.main({args!r});"
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.stdout.strip().endswith("NO-TORCH"), out.stdout[-2000:] + out.stderr[-2000:]
 
 
 def test_a_bad_thresholds_file_is_usage_error(pytester: pytest.Pytester) -> None:
-    bad = pytester.makefile(".yaml", thresholds="claims:\n  truth.direction.cosine: {op: '=>', value: 1}\n")
+    bad = pytester.makefile(
+        ".yaml", thresholds="claims:\n  truth.direction.cosine: {op: '=>', value: 1}\n"
+    )
     result = pytester.runpytest_subprocess("--pyargs", "mechtests.suite", "--thresholds", str(bad))
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*thresholds.yaml*"])

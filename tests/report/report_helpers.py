@@ -99,7 +99,7 @@ def run_chromium(chromium: str, profile: Path, *args: str, timeout: float = 120)
     """Run headless chromium with a throwaway profile and no network chatter; its stdout."""
     cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           "--no-first-run", "--disable-dev-shm-usage", "--hide-scrollbars",
+           "--no-first-run", "--disable-quic", "--disable-dev-shm-usage", "--hide-scrollbars",
            f"--user-data-dir={profile}", *args]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     assert out.returncode == 0, out.stderr[-2000:]

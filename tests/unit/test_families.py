@@ -27,14 +27,16 @@ def test_paper_settings_match_the_spec() -> None:
 
 
 def test_unknown_family_is_an_error_listing_the_valid_ones() -> None:
-    with pytest.raises(UnknownFamilyError, match="expected one of: .*organism"):
+    with pytest.raises(UnknownFamilyError, match=r"expected one of: .*organism"):
         select_family(load_families(), "nope")
 
 
 def test_family_file_with_an_unknown_key_names_file_and_key(tmp_path: Path) -> None:
     bad = tmp_path / "fams.yaml"
     bad.write_text("mine:\n  architecture: llama\n  colour: blue\n")
-    with pytest.raises(ConfigError, match=r"fams.yaml: family 'mine' has unknown keys \['colour'\]"):
+    with pytest.raises(
+        ConfigError, match=r"fams.yaml: family 'mine' has unknown keys \['colour'\]"
+    ):
         load_families(bad)
 
 
@@ -42,7 +44,7 @@ def test_family_file_can_add_a_family_reusing_a_local_checkpoint(tmp_path: Path)
     extra = tmp_path / "fams.yaml"
     text = (Path(__file__).parents[2] / "mechtests" / "families.yaml").read_text()
     start = text.index("\ntiny:\n") + 1
-    block = text[start:text.index("\nllama31:")].replace("tiny:", "mine:", 1)
+    block = text[start : text.index("\nllama31:")].replace("tiny:", "mine:", 1)
     extra.write_text(block)
     assert "mine" in load_families(extra)
 
@@ -53,7 +55,9 @@ def test_with_checkpoint_replaces_one_role() -> None:
     assert fam.models["base"].ref == "meta-llama/Llama-3.1-8B"
 
 
-def test_missing_hub_checkpoint_error_names_the_id_where_it_looked_and_the_fix(tmp_path: Path) -> None:
+def test_missing_hub_checkpoint_error_names_the_id_where_it_looked_and_the_fix(
+    tmp_path: Path,
+) -> None:
     with pytest.raises(CheckpointError) as info:
         resolve_checkpoint("someorg/not-a-model-xyz", tmp_path)
     message = str(info.value)
@@ -64,5 +68,5 @@ def test_missing_hub_checkpoint_error_names_the_id_where_it_looked_and_the_fix(t
 
 
 def test_local_directory_without_config_is_rejected(tmp_path: Path) -> None:
-    with pytest.raises(CheckpointError, match="has no config.json"):
+    with pytest.raises(CheckpointError, match=r"has no config\.json"):
         resolve_checkpoint(str(tmp_path), tmp_path)

@@ -52,7 +52,7 @@ def test_a_corrupted_entry_is_recomputed_with_a_warning(tmp_path: Path) -> None:
 
 def test_an_entry_of_the_wrong_shape_is_recomputed_with_a_warning(tmp_path: Path) -> None:
     store = ActivationStore(tmp_path)
-    calls, compute = compute_counter()
+    _, compute = compute_counter()
     store.get_or_compute(KEY, EXPECTED, compute)  # type: ignore[arg-type]
     with pytest.warns(UserWarning, match="expected"), pytest.raises(Exception, match="shape"):
         store.get_or_compute(KEY, {"blocks.0.hook_resid_post": (2, 2, 3)}, compute)  # type: ignore[arg-type]
