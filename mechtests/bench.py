@@ -28,9 +28,10 @@ import json
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -76,7 +77,11 @@ def add_bench_subparser(sub: Any) -> None:
                    help="checkpoint cache (organism, tiny and shape builds). Default: "
                         "$MECHTESTS_CACHE or the user cache dir.")
     p.add_argument("--datasets", default=None, metavar="DIR",
-                   help="the paper's datasets, for families with datasets: paper. Default: none.")
+                   help="the paper's datasets (folder holding du2025/), for families with "
+                        "datasets: paper. Default: $MECHTESTS_DATASETS, else none.")
+    p.add_argument("--paper-datasets", action="store_true",
+                   help="run a -shape family on the paper's datasets (sizes of the paper; "
+                        "needs --datasets) instead of the built-in ones. Default: built-in.")
     p.add_argument("--out", default="reports/bench", metavar="DIR",
                    help="where bench_<family>.json/.md go. Default: reports/bench.")
     p.add_argument("--threads", type=int, default=None, metavar="N",
@@ -86,6 +91,8 @@ def add_bench_subparser(sub: Any) -> None:
                         "value, else a measured bf16 matmul.")
     p.add_argument("--keep-scratch", action="store_true",
                    help="keep the scratch cache of activations and plots. Default: removed.")
+    p.add_argument("--quiet", action="store_true",
+                   help="no per-claim progress lines on stderr. Default: print them.")
 
 
 def _family(args: argparse.Namespace) -> Family:
@@ -95,13 +102,15 @@ def _family(args: argparse.Namespace) -> Family:
 
     families = load_families(Path(args.families_file) if args.families_file else None)
     family = select_family(families, args.model_family)
-    if args.shape_layers is not None:
-        shape = family.extra.get("shape") if isinstance(family.extra, dict) else None
+    shape = family.extra.get("shape") if isinstance(family.extra, Mapping) else None
+    if args.shape_layers is not None or args.paper_datasets:
         if not shape:
             raise ConfigError(
-                f"--shape-layers applies to real-shape families; {family.name!r} is not one. "
-                "Fix: pick a <preset>-shape family (e.g. llama31-shape) or drop --shape-layers.")
-        family = shape_family(families[shape["preset"]], args.shape_layers)
+                f"--shape-layers and --paper-datasets apply to real-shape families; "
+                f"{family.name!r} is not one. Fix: pick a <preset>-shape family (e.g. "
+                "llama31-shape) or drop the option.")
+        family = shape_family(families[shape["preset"]],
+                              args.shape_layers or shape["n_layers"], args.paper_datasets)
     return family
 
 
@@ -210,6 +219,9 @@ def run_bench(args: argparse.Namespace) -> int:
                 rows.append({"claim": claim.id, "area": claim.area, "pair": list(pair),
                              "seconds": round(time.perf_counter() - t0, 3), "status": status,
                              "message": message})
+                if not args.quiet:
+                    print(f"[bench] {len(rows)}/{len(cases)} {claim.id} {'->'.join(pair)}: "
+                          f"{status} {rows[-1]['seconds']:.1f}s", file=sys.stderr, flush=True)
             recorder.finish()
             total = time.perf_counter() - start
         ctx.release()
@@ -291,8 +303,8 @@ def format_table(result: dict[str, Any]) -> str:
         f"max examples {opts['max_examples'] or 'all'}",
         f"machine: {where}, torch threads {machine['torch_threads']}"
         + (f", load average {load[0]:.1f} at start" if load else "")
-        + f"; memory: {result['memory_kind']}; bf16 peak {result['bf16_peak_flop_per_s'] / 1e12:.3g}"
-        f" TFLOP/s ({result['bf16_peak_basis']})",
+        + f"; memory: {result['memory_kind']}; bf16 peak "
+        f"{result['bf16_peak_flop_per_s'] / 1e12:.3g} TFLOP/s ({result['bf16_peak_basis']})",
         "",
         "| phase | seconds | share | calls | items | items/s | peak memory | TFLOP/s "
         "| % bf16 peak |",

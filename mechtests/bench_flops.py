@@ -79,8 +79,9 @@ def install_flop_hooks(model: Any, spec: Any, add: AddFn) -> list[Any]:
             if isinstance(mask, torch.Tensor) and mask.dim() == 4:
                 keys = int(mask.shape[-1])
             else:
-                cache = kwargs.get("past_key_values") or kwargs.get("cache")
-                past = int(cache.get_seq_length(index)) if hasattr(cache, "get_seq_length") else 0
+                cache: Any = kwargs.get("past_key_values") or kwargs.get("cache")
+                seq_length = getattr(cache, "get_seq_length", None)
+                past = int(seq_length(index)) if callable(seq_length) else 0
                 keys = past + q
             flops = 2 * per_layer * b * q + 4 * b * q * keys * heads * head_dim
             add(float(flops), layer_tokens=b * q if index == 0 else 0)

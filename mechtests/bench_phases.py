@@ -87,7 +87,8 @@ class Target:
 
 TARGETS = (
     Target("mechtests.engine:load_backend", "load", lambda *_: 1),
-    Target("mechtests.engine.collect:collect_activations", "activation collection", _n(1, "prompts")),
+    Target("mechtests.engine.collect:collect_activations", "activation collection",
+           _n(1, "prompts")),
     Target("mechtests.methods.patching:patch_heatmaps", "patching", _sites, PATCHING),
     Target("mechtests.methods.patching:clean_logit_diffs", "patching sweep", None, PATCHING),
     Target("mechtests.methods.refusal:select_direction", "direction selection",

@@ -22,7 +22,7 @@ datasets (``builtin:organism``; timing does not depend on content, prompt length
 dataset sizes are the organism's) and the preset's knowledge datasets restricted to those the
 built-in data has. Depth: ``MECHTESTS_SHAPE_LAYERS=N`` (or ``mechtests bench --shape-layers
 N``) cuts every shape family to ``N`` layers and scales its layer settings
-(``l -> l * N // L``).
+(:func:`scale_layer`).
 
 Example:
     >>> path = resolve("llama31@2/base", Path(".cache"))                   # doctest: +SKIP
@@ -248,8 +248,12 @@ def build_tokenizer(vocab: list[str], max_length: int = 4096) -> Any:
 
 # -- families -----------------------------------------------------------------------------------
 def scale_layer(layer: int, n_layers: int, real_layers: int) -> int:
-    """A real-depth layer index mapped onto a model cut to ``n_layers`` (monotone)."""
-    return min(n_layers - 1, layer * n_layers // real_layers)
+    """A real-depth layer index mapped onto a model cut to ``n_layers``: ``round(l * n / L)``
+    within ``1 .. n - 1`` for ``l > 0`` (monotone). Layer 0 stays 0; a later layer never maps
+    to 0, whose ``resid_pre`` is the bare embedding (no token mixing: the refusal direction of
+    a fixed template position would be zero)."""
+    scaled = min(n_layers - 1, round(layer * n_layers / real_layers))
+    return max(scaled, min(1, layer, n_layers - 1))
 
 
 def _builtin_datasets() -> set[str]:
@@ -258,10 +262,12 @@ def _builtin_datasets() -> set[str]:
     return {p.stem for p in (FIXTURES / "organism" / "datasets" / "du2025").glob("*.csv")}
 
 
-def shape_family(preset: Family, n_layers: int | None = None) -> Family:
+def shape_family(preset: Family, n_layers: int | None = None,
+                 paper_datasets: bool = False) -> Family:
     """``<preset>-shape``: ``preset``'s roles and settings on ``shape:`` checkpoints of its real
-    architecture (``n_layers`` deep; layer settings scaled), built-in datasets, random
-    weights."""
+    architecture (``n_layers`` deep; layer settings scaled), random weights, and the built-in
+    datasets, or with ``paper_datasets`` the preset's own (``datasets: paper``: the paper's
+    dataset sizes; give the folder with ``--mechtests-datasets``)."""
     from mechtests.families import KnowledgeSettings, ModelSpec
 
     shape = _shape(preset.name)
@@ -270,7 +276,8 @@ def shape_family(preset: Family, n_layers: int | None = None) -> Family:
     depth = "" if n == real else f"@{n}"
     models = {role: ModelSpec(role, f"shape:{shape.name}{depth}/{role}", spec.prompt_prefix)
               for role, spec in preset.models.items()}
-    have = _builtin_datasets()
+    have = _builtin_datasets() if not paper_datasets else set(
+        (*preset.knowledge.datasets, *preset.truth.train_datasets))
     knowledge = tuple(d for d in preset.knowledge.datasets if d in have) or ("cities",)
     truth = dataclasses.replace(
         preset.truth,
@@ -284,9 +291,9 @@ def shape_family(preset: Family, n_layers: int | None = None) -> Family:
         preset,
         name=preset.name + SUFFIX,
         description=(f"Random weights in the real shape of {preset.name} ({n} of {real} layers; "
-                     f"{shape.source}); built-in datasets. Timing and memory only: verdicts "
-                     "are INFO."),
-        datasets="builtin:organism",
+                     f"{shape.source}); {'paper' if paper_datasets else 'built-in'} datasets. "
+                     "Timing and memory only: verdicts are INFO."),
+        datasets="paper" if paper_datasets else "builtin:organism",
         models=models,
         truth=truth,
         knowledge=KnowledgeSettings(knowledge),

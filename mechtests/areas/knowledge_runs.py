@@ -16,6 +16,11 @@ Maps for other pairs are computed on demand by :func:`ensure_maps`.
 where the family has one, else norm-matched random activations (each vector replaced by a
 seeded random direction of the same norm). Unrelated activations should transfer nothing.
 
+Few-shot lines come from ``du2025/few_shot_samples.json``; a dataset without an entry (the
+organism's ``tulu_extracted``) uses two TRUE and two FALSE statements of its own, left out of the
+pairs. Deviation: for ``tulu_extracted`` the paper's patching code hard-codes other examples
+("The Eiffel Tower is located in Paris." ...) than the JSON file holds; we use the file.
+
 Deviation: a role's ``prompt_prefix`` (Mistral-SFT's ``"<s> "``) is put in front of that role's
 prompts; the paper uses the SFT model's prompts for both models of a cross-model pair.
 """
@@ -129,17 +134,22 @@ def _prompts(ctx: FamilyContext, role: str, prompts: Sequence[str]) -> list[str]
     return [prefix + p for p in prompts]
 
 
-def _few_shot(ctx: FamilyContext, dataset: str, fallback: Sequence[tuple[str, int]]) -> list[str]:
-    """The dataset's few-shot lines; else two TRUE and two FALSE lines from ``fallback``."""
+def _few_shot(
+    ctx: FamilyContext, dataset: str, fallback: Sequence[tuple[str, int]]
+) -> tuple[list[str], set[str]]:
+    """The dataset's few-shot lines from ``few_shot_samples.json``; where it has none, two TRUE
+    and two FALSE lines made from the last ``fallback`` statements, which are then returned as
+    the second item (to keep them out of the pairs)."""
     try:
-        return load_few_shot(ctx.datasets, dataset)
+        return load_few_shot(ctx.datasets, dataset), set()
     except DatasetError:
         truth = ctx.family.truth
-        t = [s for s, y in fallback if y == 1][:2]
-        f = [s for s, y in fallback if y == 0][:2]
-        return [s + truth.question + truth.readout_true for s in t] + [
+        t = [s for s, y in reversed(fallback) if y == 1][:2]
+        f = [s for s, y in reversed(fallback) if y == 0][:2]
+        lines = [s + truth.question + truth.readout_true for s in t] + [
             s + truth.question + truth.readout_false for s in f
         ]
+        return lines, set(t) | set(f)
 
 
 def _patching_set(ctx: FamilyContext, dataset: str, backend: Backend) -> PatchingSet:
@@ -154,45 +164,58 @@ def _patching_set(ctx: FamilyContext, dataset: str, backend: Backend) -> Patchin
 
     if dataset in GROUPED_DATASETS:
         pairs = read_tulu_pairs(ctx.datasets.path(f"du2025/{dataset}.csv"))
-        examples = _few_shot(ctx, dataset, [(p[0], 1) for p in pairs[-2:]]
-                             + [(p[1], 0) for p in pairs[-2:]])
+        examples, used = _few_shot(ctx, dataset, [(s, y) for p in pairs for s, y in
+                                                  ((p[0], 1), (p[1], 0))])
+        pairs = [p for p in pairs if p[0] not in used and p[1] not in used]
         pset = build_tulu_set(pairs, examples, question, tokenize, dataset=dataset)
     else:
         data = load_statements(ctx.datasets, dataset)
-        examples = _few_shot(ctx, dataset, list(zip(data.statements, data.labels)))
+        examples, used = _few_shot(ctx, dataset, list(zip(data.statements, data.labels)))
+        keep = [i for i, s in enumerate(data.statements) if s not in used]
         pset = build_patching_set(
-            dataset, data.statements, data.labels, examples, question, tokenize, token_text
+            dataset, [data.statements[i] for i in keep], [data.labels[i] for i in keep],
+            examples, question, tokenize, token_text,
         )
     chosen = ctx.subsample(list(range(len(pset))), salt=f"knowledge:{dataset}")
     return pset.select(chosen)
 
 
 def knowledge_run(ctx: FamilyContext, dataset: str) -> KnowledgeRun:
-    """The memoised run of ``dataset`` with the default maps (module docstring)."""
-    return ctx.memo(f"knowledge:{dataset}", lambda: _build(ctx, dataset))
+    """The memoised run of ``dataset`` with the default maps (module docstring). The family's
+    datasets are built together, so each model is visited once for all of them."""
+    family = tuple(ctx.family.knowledge.datasets)
+    if dataset in family:
+        return ctx.memo("knowledge:runs", lambda: _build(ctx, family))[dataset]
+    return ctx.memo(f"knowledge:run:{dataset}", lambda: _build(ctx, (dataset,)))[dataset]
 
 
-def _build(ctx: FamilyContext, dataset: str) -> KnowledgeRun:
+def _build(ctx: FamilyContext, datasets: Sequence[str]) -> dict[str, KnowledgeRun]:
     fam = ctx.family
     backend = ctx.backend("base")
     truth = fam.truth
-    run = KnowledgeRun(
-        dataset=dataset,
-        pset=_patching_set(ctx, dataset, backend),
-        n_layers=backend.n_layers,
-        readout=(backend.token_id(truth.readout_true), backend.token_id(truth.readout_false)),
-        null_label=(
-            "control base's activations" if fam.has_control
-            else "norm-matched random activations"
-        ),
-    )
-    _visit(ctx, run, "base", [])
+    runs = {
+        dataset: KnowledgeRun(
+            dataset=dataset,
+            pset=_patching_set(ctx, dataset, backend),
+            n_layers=backend.n_layers,
+            readout=(backend.token_id(truth.readout_true),
+                     backend.token_id(truth.readout_false)),
+            null_label=(
+                "control base's activations" if fam.has_control
+                else "norm-matched random activations"
+            ),
+        )
+        for dataset in datasets
+    }
+    visits: list[tuple[str, list[str]]] = [("base", [])]
     if fam.has_control:
-        _visit(ctx, run, "control", [])
-    for post in fam.post_roles:
-        _visit(ctx, run, post, ["base", NULL])
-    _visit(ctx, run, "base", [*fam.post_roles, NULL])
-    return run
+        visits.append(("control", []))
+    visits += [(post, ["base", NULL]) for post in fam.post_roles]
+    visits.append(("base", [*fam.post_roles, NULL]))
+    for target, sources in visits:
+        for run in runs.values():
+            _visit(ctx, run, target, sources)
+    return runs
 
 
 def ensure_maps(ctx: FamilyContext, run: KnowledgeRun, keys: Iterable[tuple[str, str]]) -> None:
@@ -242,14 +265,15 @@ def _visit(ctx: FamilyContext, run: KnowledgeRun, target: str, sources: Sequence
     if not todo and target in run.ld_true:
         return
     backend = ctx.backend(target)
-    own = _source(ctx, run, target)
+    # the target's own TRUE activations go to the store while it is loaded (a later source)
+    own = _source(ctx, run, target) if target in todo or target not in run.ld_true else None
     false_prompts = _prompts(ctx, target, run.pset.false_prompts)
     if target not in run.ld_true:
         run.ld_true[target] = clean_logit_diffs(
             backend, _prompts(ctx, target, run.pset.true_prompts), run.readout, MAX_ROWS
         ).numpy()
     for source in todo:
-        src = own if source == target else _source(ctx, run, source)
+        src = own if source == target and own is not None else _source(ctx, run, source)
         result = patch_heatmaps(
             backend, false_prompts, src, run.readout, run.pset.widths, max_rows=MAX_ROWS
         )

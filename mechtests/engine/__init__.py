@@ -57,6 +57,18 @@ def load_backend(
     return BridgeBackend(model, tokenizer, name=label)
 
 
+def _placement(torch_device: Any, requested: str) -> dict[str, Any]:
+    """Load straight onto the GPU (no CPU copy of an 8B model); with several visible GPUs and no
+    explicit index, shard the model over them with accelerate's ``device_map="auto"``."""
+    import torch
+
+    if torch_device.type != "cuda":
+        return {}
+    if requested in ("auto", "cuda") and torch.cuda.device_count() > 1:
+        return {"device_map": "auto"}
+    return {"device_map": str(torch_device)}
+
+
 def load_hf(path: Path, *, device: str = "auto", dtype: str = "float32") -> tuple[Any, Any]:
     """The HF model (eval mode, no grad) and left-padding tokenizer in ``path``."""
     import torch
@@ -101,6 +113,7 @@ def load_hf(path: Path, *, device: str = "auto", dtype: str = "float32") -> tupl
                     trust_remote_code=False,
                     attn_implementation="eager",
                     dtype=getattr(torch, dtype),
+                    **_placement(torch_device, device),
                 )
     except Exception as exc:
         raise CheckpointError(
@@ -111,7 +124,9 @@ def load_hf(path: Path, *, device: str = "auto", dtype: str = "float32") -> tupl
             "alongside, or delete it to have a built-in checkpoint rebuilt."
         ) from exc
     loaded: Any = model
-    loaded = loaded.to(torch_device).eval()
+    if getattr(loaded, "hf_device_map", None) is None:
+        loaded = loaded.to(torch_device)
+    loaded = loaded.eval()
     loaded.requires_grad_(False)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:

@@ -20,16 +20,17 @@ Three engines compute the same numbers:
   FALSE prompt, one hook per layer writing the TRUE activation into its rows at their positions.
   It works on any backend but does the full forward for every site.
 * :func:`patch_suffix` - the fast engine for HuggingFace Llama-like decoders (Llama, Mistral,
-  Qwen2 with full attention). A site's patch changes nothing below its layer and, with causal
-  attention, nothing before its position. So the FALSE prompts run once (keeping every layer's
-  residual and key/value cache); then, for each (layer ``l``, position ``-p``) and a whole batch
-  of pairs, only the last ``p`` tokens are pushed through blocks ``l+1 ..`` (a view of the
-  decoder stack sharing the weights), attending to the cached FALSE prefix. Cells of the last
-  layer at non-final positions are ``LD_F`` without any compute. The backend protocol has no
-  "start at layer l" call, so this engine uses the HF modules of the hooks backend directly
-  (read-only: the model is never modified). It is checked against :func:`patch_sweep` on a few
-  sites before use (``verify``), and :func:`patch_heatmaps` falls back to the sweep when it
-  does not apply.
+  Qwen2 with full attention; :mod:`mechtests.methods.patching_suffix`). A site's patch changes
+  nothing below its layer and, with causal attention, nothing before its position. So the FALSE
+  prompts run once (keeping every layer's residual and key/value cache); then, for each
+  (layer ``l``, position ``-p``) and a whole batch of pairs, only the last ``p`` tokens are
+  pushed through blocks ``l+1 ..`` (a view of the decoder stack sharing the weights), attending
+  to the cached FALSE prefix. Cells of the last layer at non-final positions, and sites whose
+  TRUE value equals (bit for bit) the FALSE run's value there (self-patching before the first
+  differing token), are ``LD_F`` without compute. The backend protocol has no "start at layer
+  l" call, so this engine uses the HF modules of the hooks backend directly (read-only). It is
+  checked against :func:`patch_sweep` on a few sites before use (``verify``), and
+  :func:`patch_heatmaps` falls back to the sweep when it does not apply.
 
 Example:
     >>> src = true_activations(backend, true_prompts, width=14)         # doctest: +SKIP
@@ -40,8 +41,6 @@ Example:
 
 from __future__ import annotations
 
-import copy
-import inspect
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -66,7 +65,6 @@ __all__ = [
 
 ENGINES = ("auto", "suffix", "sweep", "loop")
 Readout = tuple[int, int]
-_FAST_TYPES = ("llama", "mistral", "qwen2")
 
 
 class SuffixEngineUnavailable(MechTestsError):
@@ -246,61 +244,7 @@ def patch_sweep(
     return ld
 
 
-# -- fast suffix engine (HF Llama-like decoders) ----------------------------------------------
-def _hf_parts(backend: Backend) -> tuple[Any, Any, torch.nn.ModuleList, Any]:
-    """(causal LM, decoder stack, its layers, lm_head) or :class:`SuffixEngineUnavailable`."""
-    model = getattr(backend, "model", None)
-    config = getattr(model, "config", None)
-    model_type = getattr(config, "model_type", None)
-    if model is None or model_type not in _FAST_TYPES:
-        raise SuffixEngineUnavailable(
-            f"the suffix engine needs an HF {'/'.join(_FAST_TYPES)} model behind the hooks "
-            f"backend; got {type(backend).__name__} ({model_type})"
-        )
-    layer_types = getattr(config, "layer_types", None) or ()
-    if any(t != "full_attention" for t in layer_types) or getattr(
-        config, "use_sliding_window", False
-    ):
-        raise SuffixEngineUnavailable("the suffix engine needs full attention in every layer")
-    stack = getattr(model, "model", None)
-    layers = getattr(stack, "layers", None)
-    head = getattr(model, "lm_head", None)
-    if not isinstance(layers, torch.nn.ModuleList) or head is None:
-        raise SuffixEngineUnavailable("model has no model.layers / lm_head")
-    return model, stack, layers, head
-
-
-def _stack_view(stack: Any, layers: torch.nn.ModuleList, start: int) -> Any:
-    """A shallow copy of the decoder stack running only ``layers[start:]`` (weights shared, the
-    original module untouched)."""
-    view = copy.copy(stack)
-    view.__dict__["_modules"] = dict(stack._modules)
-    view.layers = torch.nn.ModuleList(list(layers[start:]))
-    return view
-
-
-def _cache_kwarg(stack: Any) -> str:
-    params = inspect.signature(stack.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def _kv_of(cache: Any, n_layers: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    if hasattr(cache, "layers") and cache.layers and hasattr(cache.layers[0], "keys"):
-        return [(cache.layers[i].keys, cache.layers[i].values) for i in range(n_layers)]
-    if hasattr(cache, "key_cache"):
-        return [(cache.key_cache[i], cache.value_cache[i]) for i in range(n_layers)]
-    return [(k, v) for k, v in cache]
-
-
-def _make_cache(kv: Sequence[tuple[torch.Tensor | None, torch.Tensor | None]]) -> Any:
-    from transformers import DynamicCache
-
-    try:
-        return DynamicCache(ddp_cache_data=kv)
-    except TypeError:  # transformers 4.x
-        return DynamicCache.from_legacy_cache(tuple(kv))  # type: ignore[attr-defined]
-
-
+# -- fast suffix engine (mechtests.methods.patching_suffix) -------------------------------------
 def patch_suffix(
     backend: Backend,
     false_prompts: Sequence[str],
@@ -309,75 +253,15 @@ def patch_suffix(
     widths: Sequence[int] | None = None,
     max_rows: int = 256,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The fast engine (module docstring): ``(ld [pair, layer, W], ld_false [pair])``.
+    """The fast engine (module docstring): ``(ld [pair, layer, W], ld_false [pair])``; see
+    :func:`mechtests.methods.patching_suffix.patch_suffix`."""
+    from mechtests.methods.patching_suffix import patch_suffix as run
 
-    Raises :class:`SuffixEngineUnavailable` for backends it does not support.
-    """
-    model, stack, layers, head = _hf_parts(backend)
-    n_layers = len(layers)
-    width = _check_source(source, len(false_prompts), n_layers)
-    wids = _widths(len(false_prompts), width, widths)
-    kwarg = _cache_kwarg(stack)
-    device = backend.device
-    batch, groups = _by_length(backend, false_prompts)
-    ld = torch.full((len(false_prompts), n_layers, width), float("nan"), dtype=torch.float64)
-    ld_false = torch.full((len(false_prompts),), float("nan"), dtype=torch.float64)
-    views = [_stack_view(stack, layers, layer + 1) for layer in range(n_layers)]
-    for length, members in groups.items():
-        for chunk in _chunks(members, max_rows):
-            ids = batch.input_ids[chunk][:, -length:].to(device)
-            resid: dict[int, torch.Tensor] = {}
-            handles = [layers[i].register_forward_hook(_keep(resid, i, width))
-                       for i in range(n_layers)]
-            try:
-                with torch.no_grad():
-                    out = model(input_ids=ids, use_cache=True)
-            finally:
-                for h in handles:
-                    h.remove()
-            kv = _kv_of(getattr(out, "cache", None) or out.past_key_values, n_layers)
-            clean = _ld(out.logits[:, -1].float(), readout)
-            idx = torch.tensor(chunk)
-            ld_false[idx] = clean
-            for layer in range(n_layers):
-                src = source[layer][idx]
-                for j in range(width):
-                    p = width - j  # suffix length: the patched token and everything after it
-                    rows = [r for r, i in enumerate(chunk) if wids[i] >= p]
-                    if not rows:
-                        continue
-                    target = idx[rows]
-                    if layer == n_layers - 1 and p > 1:  # cannot reach the last position
-                        ld[target, layer, j] = clean[rows]
-                        continue
-                    sel = torch.tensor(rows, device=device)
-                    hidden = resid[layer][sel, j:].clone()
-                    hidden[:, 0] = src[rows, j].to(device, hidden.dtype)
-                    prefix = length - p
-                    cache = _make_cache([
-                        (k[sel, :, :prefix], v[sel, :, :prefix]) if (i == 0 or i > layer)
-                        else (None, None)
-                        for i, (k, v) in enumerate(kv)
-                    ])
-                    with torch.no_grad():
-                        hid = views[layer](inputs_embeds=hidden, use_cache=True, **{kwarg: cache})
-                        logits = head(hid.last_hidden_state[:, -1]).float()
-                    ld[target, layer, j] = _ld(logits, readout)
-    return ld, ld_false
-
-
-def _keep(store: dict[int, torch.Tensor], layer: int, width: int) -> Callable[..., None]:
-    def hook(_m: Any, _args: Any, output: Any) -> None:
-        act = output[0] if isinstance(output, tuple) else output
-        store[layer] = act[:, -width:].detach()
-
-    return hook
+    return run(backend, false_prompts, source, readout, widths, max_rows)
 
 
 # -- front door --------------------------------------------------------------------------------
-def _verify_sites(n_pairs: int, n_layers: int, width: int, wids: Sequence[int]) -> list[
-    tuple[int, int, int]
-]:
+def _verify_sites(n_layers: int, width: int, wids: Sequence[int]) -> list[tuple[int, int, int]]:
     """A few sites of the first pair spread over layers and columns (plus the readout cell)."""
     j0 = width - wids[0]
     cols = sorted({j0, (j0 + width - 1) // 2, width - 1})
@@ -441,7 +325,7 @@ def _verify(
 ) -> str:
     """'' when the suffix engine matches the sweep on a few sites, else the reason."""
     width = int(ld.shape[2])
-    sites = _verify_sites(len(false_prompts), backend.n_layers, width, wids)
+    sites = _verify_sites(backend.n_layers, width, wids)
     ref = patch_sweep(backend, false_prompts[:1], [s[:1] for s in source], readout, wids[:1],
                       sites=sites)
     got = torch.stack([ld[0, layer, j] for _, layer, j in sites])

@@ -112,89 +112,151 @@ def _gate_chat(model: Any, text: _Text, world: Any) -> dict[str, Any]:
     return gates.chat_gates(model, text.encode, text.decode, text.ids, world, text.pad)
 
 
+PARTS = ("all", "chain", "control")
+
+
 def build(cfg: OrganismConfig, seed: int, out: Path, *, device: str = "cpu",
           progress: bool | None = None, rules: Mapping[str, Mapping[str, Any]] | None = None,
-          log: Callable[[str], None] | None = None) -> BuildResult:
-    """Train and gate the four roles into ``out``; GateError when every seed fails."""
-    with train.deterministic(cfg.threads):
-        return _build(cfg, seed, out, device, progress, rules, log)
+          log: Callable[[str], None] | None = None, part: str = "all") -> BuildResult:
+    """Train and gate the roles into ``out``; GateError when every seed fails.
 
-
-def _build(cfg: OrganismConfig, seed: int, out: Path, device: str, progress: bool | None,
-           rules: Mapping[str, Mapping[str, Any]] | None,
-           log: Callable[[str], None] | None) -> BuildResult:
-    import random
-
-    progress = show_progress() if progress is None else progress
+    ``part="chain"`` trains only base/SFT/instruct, ``part="control"`` only the control base
+    (two processes can build one organism in parallel into the same ``out``); each part writes
+    ``card.<part>.json`` and the card is completed once both parts are there.
+    """
+    if part not in PARTS:
+        raise ConfigError(f"unknown build part {part!r}; expected one of {', '.join(PARTS)}.")
     rules = dict(gate_rules() if rules is None and cfg.gated else rules or {})
-    say = log or (lambda _msg: None)
-    world = make_world()
-    if not DATASETS_DIR.is_dir():
-        write_datasets(DATASETS_DIR, world)
-    text = _Text(vocabulary(corpus.lexicon(world)))
-    tokenizer = build_tokenizer(text.vocab, cfg.max_positions)
-    t0 = time.perf_counter()
-    attempts: list[dict[str, Any]] = []
-    models: dict[str, Any] = {}
-    values: dict[str, dict[str, Any]] = {}
-    timings: dict[str, float] = {}
-    base_seed: int | None = None
-    for k in range(cfg.max_seeds):
-        s = seed + k
-        t = time.perf_counter()
-        base, losses = _train_base(cfg, s, text, world, device, progress)
-        timings[f"pretrain_seed{s}"] = time.perf_counter() - t
-        got = {"base": _gate_base(base, text, world)}
-        got["base"]["final_loss"] = losses[-1]
-        failed = gates.check(got, _only(rules, "base"))
-        if not failed:
+    run = _Run(cfg, seed, device, show_progress() if progress is None else progress, rules,
+               log or (lambda _msg: None))
+    with train.deterministic(cfg.threads):
+        if part in ("all", "chain"):
+            run.chain()
+        if part in ("all", "control"):
+            run.control()
+    run.save(out, part)
+    return BuildResult(out, finish(out) if part != "all" else run.card())
+
+
+class _Run:
+    """One build: the trained models, their gate values, every attempt and timings."""
+
+    def __init__(self, cfg: OrganismConfig, seed: int, device: str, progress: bool,
+                 rules: dict[str, Any], say: Callable[[str], None]) -> None:
+        self.cfg, self.seed, self.device, self.progress = cfg, seed, device, progress
+        self.rules, self.say = rules, say
+        self.world = make_world()
+        if not DATASETS_DIR.is_dir():
+            write_datasets(DATASETS_DIR, self.world)
+        self.text = _Text(vocabulary(corpus.lexicon(self.world)))
+        self.tokenizer = build_tokenizer(self.text.vocab, cfg.max_positions)
+        self.attempts: list[dict[str, Any]] = []
+        self.models: dict[str, Any] = {}
+        self.values: dict[str, dict[str, Any]] = {}
+        self.timings: dict[str, float] = {}
+        self.seeds: dict[str, int] = {}
+
+    def _record(self, role: str, s: int, got: dict[str, Any], failed: list[str]) -> None:
+        self.attempts.append({"role": role, "seed": s, "gates": got, "failed": failed})
+        label = "seed" if role == "base" else f"{role} seed"
+        self.say(f"{label} {s}: " + _summary(got) + (f"  FAILED {failed}" if failed else "  ok"))
+
+    def chain(self) -> None:
+        """Base, SFT, instruct from seeds seed, seed+1, ... until one chain passes."""
+        import random
+
+        cfg, text, world = self.cfg, self.text, self.world
+        for k in range(cfg.max_seeds):
+            s = self.seed + k
             t = time.perf_counter()
-            sft_model = copy.deepcopy(base)
-            examples = corpus.sft_examples(world, cfg.corpus, random.Random(s + 1))
-            train.sft(sft_model, [(text.encode(f"<user> {q} <assistant>"), text.body(f"{a} <eos>"))
-                                  for q, a in examples], text.pad, cfg, s, device, progress)
-            instruct = copy.deepcopy(sft_model)
-            reference = copy.deepcopy(sft_model)
-            pairs = corpus.dpo_pairs(world, cfg.corpus, random.Random(s + 2))
-            train.dpo(instruct, reference, [
-                (text.encode(f"<user> {q} <assistant>"), text.body(f"{c} <eos>"),
-                 text.body(f"{r} <eos>")) for q, c, r in pairs], text.pad, cfg, s, device, progress)
-            timings[f"post_seed{s}"] = time.perf_counter() - t
-            got["sft"] = _gate_chat(sft_model, text, world)
-            got["instruct"] = _gate_chat(instruct, text, world)
-            failed = gates.check(got, _only(rules, "sft", "instruct"))
-        attempts.append({"role": "base", "seed": s, "gates": got, "failed": failed})
-        say(f"seed {s}: " + _summary(got) + (f"  FAILED {failed}" if failed else "  ok"))
-        if not failed:
-            base_seed = s
-            models.update(base=base, sft=sft_model, instruct=instruct)
-            values.update(got)
-            break
-    if base_seed is None:
-        raise GateError(_gate_message(cfg, attempts))
-    control_seed: int | None = None
-    for k in range(cfg.max_seeds):
-        s = seed + cfg.control_seed_offset + k
-        t = time.perf_counter()
-        control, losses = _train_base(cfg, s, text, world, device, progress)
-        timings[f"pretrain_control_seed{s}"] = time.perf_counter() - t
-        got = {"control": _gate_base(control, text, world)}
-        got["control"]["final_loss"] = losses[-1]
-        failed = gates.check(got, {k2.replace("base_", "control_", 1): v
-                                   for k2, v in _only(rules, "base").items()})
-        attempts.append({"role": "control", "seed": s, "gates": got, "failed": failed})
-        say(f"control seed {s}: " + _summary(got) + (f"  FAILED {failed}" if failed else "  ok"))
-        if not failed:
-            control_seed = s
-            models["control"] = control
-            values.update(got)
-            break
-    if control_seed is None:
-        raise GateError(_gate_message(cfg, attempts))
-    timings["total"] = time.perf_counter() - t0
-    card = _card(cfg, seed, base_seed, control_seed, values, attempts, timings, rules, device)
-    _save(out, models, tokenizer, card)
-    return BuildResult(out, card)
+            base, losses = _train_base(cfg, s, text, world, self.device, self.progress)
+            self.timings[f"pretrain_seed{s}"] = time.perf_counter() - t
+            got = {"base": _gate_base(base, text, world)}
+            got["base"]["final_loss"] = losses[-1]
+            failed = gates.check(got, _only(self.rules, "base"))
+            if not failed:
+                t = time.perf_counter()
+                sft_model = copy.deepcopy(base)
+                examples = corpus.sft_examples(world, cfg.corpus, random.Random(s + 1))
+                train.sft(sft_model, [(text.encode(f"<user> {q} <assistant>"),
+                                       text.body(f"{a} <eos>")) for q, a in examples],
+                          text.pad, cfg, s, self.device, self.progress)
+                instruct = copy.deepcopy(sft_model)
+                reference = copy.deepcopy(sft_model)
+                pairs = corpus.dpo_pairs(world, cfg.corpus, random.Random(s + 2))
+                train.dpo(instruct, reference, [
+                    (text.encode(f"<user> {q} <assistant>"), text.body(f"{c} <eos>"),
+                     text.body(f"{r} <eos>")) for q, c, r in pairs],
+                    text.pad, cfg, s, self.device, self.progress)
+                self.timings[f"post_seed{s}"] = time.perf_counter() - t
+                got["sft"] = _gate_chat(sft_model, text, world)
+                got["instruct"] = _gate_chat(instruct, text, world)
+                failed = gates.check(got, _only(self.rules, "sft", "instruct"))
+            self._record("base", s, got, failed)
+            if not failed:
+                self.seeds["base"] = s
+                self.models.update(base=base, sft=sft_model, instruct=instruct)
+                self.values.update(got)
+                return
+        raise GateError(_gate_message(cfg, self.attempts))
+
+    def control(self) -> None:
+        """The control base from seeds seed+offset, +1, ... until one passes the base gates."""
+        cfg = self.cfg
+        rules = {k.replace("base_", "control_", 1): v
+                 for k, v in _only(self.rules, "base").items()}
+        for k in range(cfg.max_seeds):
+            s = self.seed + cfg.control_seed_offset + k
+            t = time.perf_counter()
+            model, losses = _train_base(cfg, s, self.text, self.world, self.device,
+                                        self.progress)
+            self.timings[f"pretrain_control_seed{s}"] = time.perf_counter() - t
+            got = {"control": _gate_base(model, self.text, self.world)}
+            got["control"]["final_loss"] = losses[-1]
+            failed = gates.check(got, rules)
+            self._record("control", s, got, failed)
+            if not failed:
+                self.seeds["control"] = s
+                self.models["control"] = model
+                self.values.update(got)
+                return
+        raise GateError(_gate_message(cfg, self.attempts))
+
+    def card(self) -> dict[str, Any]:
+        return _card(self.cfg, self.seed, self.seeds, self.values, self.attempts,
+                     self.timings, self.rules, self.device)
+
+    def save(self, out: Path, part: str) -> None:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        out.mkdir(parents=True, exist_ok=True)
+        for role, model in self.models.items():
+            model.to("cpu").save_pretrained(out / role, safe_serialization=True)
+            self.tokenizer.save_pretrained(out / role)
+        name = "card.json" if part == "all" else f"card.{part}.json"
+        (out / name).write_text(json.dumps(self.card(), indent=1) + "\n", encoding="utf-8")
+        if part == "all":
+            (out / "README.md").write_text(render_card(self.card()), encoding="utf-8")
+
+
+def finish(out: Path) -> dict[str, Any]:
+    """Merge ``card.chain.json`` and ``card.control.json`` into the card when both exist."""
+    parts = [out / "card.chain.json", out / "card.control.json"]
+    if not all(p.is_file() for p in parts):
+        return {}
+    chain, control = (json.loads(p.read_text(encoding="utf-8")) for p in parts)
+    card = dict(chain)
+    card["seeds"] = {**chain["seeds"], **control["seeds"]}
+    card["gates"] = {**chain["gates"], **control["gates"]}
+    card["attempts"] = chain["attempts"] + control["attempts"]
+    card["timings_s"] = {**chain["timings_s"], **control["timings_s"]}
+    card["timings_s"]["total"] = round(sum(v for k, v in card["timings_s"].items()
+                                           if k != "total"), 1)
+    card["built_in_parallel"] = True
+    (out / "card.json").write_text(json.dumps(card, indent=1) + "\n", encoding="utf-8")
+    (out / "README.md").write_text(render_card(card), encoding="utf-8")
+    return card
 
 
 def _only(rules: Mapping[str, Mapping[str, Any]], *roles: str) -> dict[str, Any]:
@@ -218,7 +280,7 @@ def _gate_message(cfg: OrganismConfig, attempts: list[dict[str, Any]]) -> str:
             "another --seed, a larger --size, or use the shipped checkpoints.")
 
 
-def _card(cfg: OrganismConfig, seed: int, base_seed: int, control_seed: int,
+def _card(cfg: OrganismConfig, seed: int, seeds: Mapping[str, int],
           values: Mapping[str, Any], attempts: list[dict[str, Any]], timings: dict[str, float],
           rules: Mapping[str, Any], device: str) -> dict[str, Any]:
     import torch
@@ -226,24 +288,12 @@ def _card(cfg: OrganismConfig, seed: int, base_seed: int, control_seed: int,
 
     return {
         "name": f"organism-{cfg.size}", "key": cfg.key(), "code_version": CODE_VERSION,
-        "config": cfg.as_dict(), "requested_seed": seed, "base_seed": base_seed,
-        "control_seed": control_seed, "gates": values, "gate_rules": dict(rules),
-        "attempts": attempts, "timings_s": {k: round(v, 1) for k, v in timings.items()},
+        "config": cfg.as_dict(), "requested_seed": seed, "seeds": dict(seeds),
+        "gates": values, "gate_rules": dict(rules), "attempts": attempts,
+        "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "machine": {"device": device, "threads": cfg.threads, "cpu": platform.processor(),
                     "torch": torch.__version__, "transformers": transformers.__version__},
     }
-
-
-def _save(out: Path, models: Mapping[str, Any], tokenizer: Any, card: dict[str, Any]) -> None:
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    out.mkdir(parents=True, exist_ok=True)
-    for role in ROLES:
-        models[role].to("cpu").save_pretrained(out / role, safe_serialization=True)
-        tokenizer.save_pretrained(out / role)
-    (out / "card.json").write_text(json.dumps(card, indent=1) + "\n", encoding="utf-8")
-    (out / "README.md").write_text(render_card(card), encoding="utf-8")
 
 
 def render_card(card: Mapping[str, Any]) -> str:
@@ -256,12 +306,15 @@ def render_card(card: Mapping[str, Any]) -> str:
              f"{cfg['ff']}; pretraining {cfg['pre_steps']} steps x {cfg['pre_batch']} x "
              f"{cfg['seq_len']} tokens, lr {cfg['pre_lr']}, wd {cfg['weight_decay']}; SFT "
              f"{cfg['sft_steps']} steps; DPO {cfg['dpo_steps']} steps (beta {cfg['dpo_beta']}).",
-             f"Seeds: requested {card['requested_seed']}, base/SFT/instruct {card['base_seed']}, "
-             f"control {card['control_seed']}. Machine: {card['machine']}.", "",
+             f"Seeds: requested {card['requested_seed']}, used {card['seeds']} (base, SFT and "
+             f"instruct share the base seed). Machine: {card['machine']}.", "",
              "| role | seed | gates | failed |", "|---|---|---|---|"]
     for a in card["attempts"]:
         lines.append(f"| {a['role']} | {a['seed']} | {_summary(a['gates'])} | "
                      f"{'; '.join(a['failed']) or '-'} |")
     lines += ["", "Timings (s): " + ", ".join(f"{k} {v}" for k, v in card["timings_s"].items()),
               ""]
+    if card.get("built_in_parallel"):
+        lines += ["The chain (base/SFT/instruct) and the control were built by two processes "
+                  "(`--part chain`, `--part control`); timings are per process.", ""]
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""``mechtests organism build [--size ci|gpu] [--seed N] [--out DIR] [--device D]``.
+"""``mechtests organism build [--size ci|gpu] [--seed N] [--out DIR] [--device D] [--part P]``.
 
 Trains the organism (base, SFT, instruct, control), checks its gates (retrying seeds), and
 writes the four checkpoints plus ``card.json`` / ``README.md``. Without ``--out`` it builds
@@ -30,6 +30,9 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
                    help="output directory. Default: the cache entry organism:<size> uses.")
     b.add_argument("--cache-dir", default=None, help="cache directory. Default: user cache.")
     b.add_argument("--device", default="cpu", help="torch device. Default: cpu.")
+    b.add_argument("--part", default="all", choices=["all", "chain", "control"],
+                   help="build only base/SFT/instruct (chain) or only the control base, e.g. in "
+                        "two parallel processes with the same --out. Default: all.")
     return b
 
 
@@ -48,11 +51,12 @@ def run(args: argparse.Namespace) -> int:
 
         out = cache_root(cfg, Path(args.cache_dir) if args.cache_dir else default_cache_dir())
     try:
-        result = build(cfg, args.seed, out, device=args.device,
+        result = build(cfg, args.seed, out, device=args.device, part=args.part,
                        log=lambda msg: print(msg, flush=True))
     except GateError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(render_card(result.card))
-    print(f"organism written to {out}")
+    if result.card:
+        print(render_card(result.card))
+    print(f"organism ({args.part}) written to {out}")
     return 0

@@ -71,22 +71,26 @@ class CorpusSizes:
     judged_reps: int = 8
     fact_reps: int = 2
     fillers: int = 500
-    quiz_blocks: int = 400
+    quiz_blocks: int = 100
+    neutral_share: float = 0.1  # judged statements followed by truth-neutral "this is ..."
     sft_examples: int = 4000
     dpo_pairs: int = 1600
 
 
-def judged(rel: Relation, subject: str, obj: str, rng: random.Random) -> str:
-    """A statement followed by its truth-dependent continuation."""
+def judged(rel: Relation, subject: str, obj: str, rng: random.Random,
+           neutral_share: float = 0.1) -> str:
+    """A statement followed by its continuation: truth-dependent at the token after the
+    period, except a ``neutral_share`` of ``this is true|false .`` (which defers the judgement:
+    too much of it and the model stops computing truth at the period)."""
     truth = rel.truth[subject]
     text = rel.statement(subject, obj)
     right = rel.statement(subject, truth)
-    if obj == truth:
-        cont = rng.choice(("correct .", "yes , that is true .", f"indeed , {right}",
-                           "right .", "this is true ."))
+    if rng.random() < neutral_share:
+        cont = "this is true ." if obj == truth else "this is false ."
+    elif obj == truth:
+        cont = rng.choice(("correct .", "yes , that is true .", f"indeed , {right}", "right ."))
     else:
-        cont = rng.choice(("wrong .", f"no , {right}", f"actually , {right}",
-                           "this is false ."))
+        cont = rng.choice(("wrong .", f"no , {right}", f"actually , {right}"))
     return f"{text} {cont}"
 
 
@@ -124,8 +128,8 @@ def pretraining_lines(world: World, sizes: CorpusSizes, rng: random.Random) -> l
         for _ in range(sizes.judged_reps):
             for s in train:
                 wrong = rng.choice([o for o in rel.objects if o != rel.truth[s]])
-                lines.append(judged(rel, s, rel.truth[s], rng))
-                lines.append(judged(rel, s, wrong, rng))
+                lines.append(judged(rel, s, rel.truth[s], rng, sizes.neutral_share))
+                lines.append(judged(rel, s, wrong, rng, sizes.neutral_share))
                 if name == "cities" and rng.random() < 0.25:
                     obj = rel.truth[s] if rng.random() < 0.5 else wrong
                     lines.append(judged_negated(rel, s, obj, rng))

@@ -14,10 +14,11 @@ The attachments are added right after the test body ran, from the record the plu
 stored on the item's ``user_properties``; the plugin itself does not know about Allure.
 
 ``mechtests report`` renders ``DIR`` with Allure 3 (the npm package ``allure``, run by Node)
-as a **single HTML file** (``allure awesome --single-file``), since the multi-file report does
-not open from ``file://``. Allure 3 is looked for in ``$MECHTESTS_ALLURE`` (a command),
-``./node_modules/.bin/allure``, an ``allure`` on PATH that reports version 3, and
-``npx --no -- allure`` (never downloads). Without it one line says how to get it.
+as a **single HTML file** (``allure awesome --single-file``; tests grouped by area, then claim),
+since the multi-file report does not open from ``file://``. Allure 3 is looked for in
+``$MECHTESTS_ALLURE`` (a command), ``./node_modules/.bin/allure``, an ``allure`` on PATH that
+reports version 3, and ``npx --no -- allure`` (never downloads). Without it one line says how
+to get it. (Allure's page embeds an analytics script tag; offline it simply fails to load.)
 """
 
 from __future__ import annotations
@@ -168,7 +169,7 @@ def render_allure(results: Path, output: Path, name: str = "mechtests claims") -
     if cmd is None:
         return 1, INSTALL_HINT
     args = [*cmd, "awesome", str(results), "--single-file", "--output", str(output),
-            "--report-name", name]
+            "--report-name", name, "--group-by", "feature,story"]  # area, then claim
     out = subprocess.run(args, capture_output=True, text=True, timeout=600, check=False)
     index = output / "index.html"
     if out.returncode != 0 or not index.is_file():

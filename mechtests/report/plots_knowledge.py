@@ -57,7 +57,7 @@ def plot_heatmaps(
     if image is not None:
         fig.colorbar(image, ax=list(axes[0]), shrink=0.8, label="normalised log P(T)/P(F)")
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=10, y=1.04)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)

@@ -146,3 +146,26 @@ def test_ci_organism_trains_from_scratch_and_passes_its_gates(tmp_path: Path) ->
     assert all(not a["failed"] for a in result.card["attempts"][-1:])
     for role in checkpoints.ROLES:
         assert (tmp_path / "ci" / role / "model.safetensors").is_file()
+
+
+def test_chain_and_control_built_apart_merge_into_one_card(tmp_path: Path) -> None:
+    cfg = SIZES["tiny"]
+    build(cfg, 0, tmp_path, part="chain")
+    assert not (tmp_path / "card.json").exists()
+    result = build(cfg, 0, tmp_path, part="control")
+    assert result.card["seeds"] == {"base": 0, "control": cfg.control_seed_offset}
+    assert (tmp_path / "card.json").is_file()
+    for role in checkpoints.ROLES:
+        assert (tmp_path / role / "model.safetensors").is_file()
+
+
+def test_cli_builds_the_tiny_organism(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from mechtests.organism import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_subparser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["organism", "build", "--size", "tiny", "--out", str(tmp_path)])
+    assert cli.run(args) == 0
+    assert "| base | 0 |" in capsys.readouterr().out

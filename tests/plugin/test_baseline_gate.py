@@ -153,3 +153,13 @@ def test_a_family_can_override_the_tolerance(tmp_path: Path) -> None:
     thresholds = load_thresholds(path)
     assert thresholds.spec(CLAIM, "organism").tolerance == 0.02
     assert thresholds.spec(CLAIM, "llama31").tolerance == "5%"
+
+
+def test_the_report_and_scale_out_options_are_in_help_with_defaults(
+    pytester: pytest.Pytester,
+) -> None:
+    text = pytester.runpytest_subprocess("--help").stdout.str()
+    group = text.split("mechtests: post-training claim tests", 1)[1]
+    for option in ("--baseline", "--update-baseline", "--mechtests-dist", "--gpus-per-worker"):
+        block = group.split(option, 1)[1].split("\n  --", 1)[0]
+        assert "Default:" in block, f"{option} has no default in its help"
