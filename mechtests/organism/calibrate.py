@@ -118,7 +118,28 @@ def refusal_site(root: Path) -> dict[str, Any]:
     inst_coef = coefs["instruct"]["coef"] or COEF_GRID[-1]
     chosen = {role: (v["coef"] or inst_coef) for role, v in coefs.items()}
     return {"sweep": sweep, "layer": layer, "position": pos, "addition": coefs,
-            "addition_coefs": chosen, "subtraction_coef": inst_coef}
+            "addition_coefs": chosen, "subtraction_coef": inst_coef,
+            "heldout_report": _heldout(root, layer, pos, chosen["instruct"])}
+
+
+def _heldout(root: Path, layer: int, pos: int, coef: float) -> dict[str, float]:
+    """Report only (not used for any choice): the instruct model's own direction on the test
+    requests: refusal without / with ablation (harmful), without / with addition (harmless)."""
+    from mechtests.engine import load_backend
+    from mechtests.methods.interventions import ablation_hooks, addition_hooks
+
+    sp = _splits()
+    inst = load_backend(root / "instruct", device="cpu")
+    r = _direction(inst, layer, pos, sp["harmful_train_128"], sp["harmless_train_128"])
+    harmful, harmless = _prompts(sp["harmful_test_100"]), _prompts(sp["harmless_test_100"])
+    out = {
+        "harmful": _rate(inst, harmful, []),
+        "harmful_ablated": _rate(inst, harmful, ablation_hooks(r, inst.n_layers, KINDS)),
+        "harmless": _rate(inst, harmless, []),
+        "harmless_added": _rate(inst, harmless, addition_hooks(r, layer, coef, KINDS)),
+    }
+    inst.release()
+    return out
 
 
 def main(argv: list[str]) -> int:

@@ -32,6 +32,7 @@ class OrganismConfig:
     ff: int = 512
     max_positions: int = 128
     seq_len: int = 96
+    line_start_windows: bool = True  # False: windows start anywhere in the stream (the study)
     pre_steps: int = 2000
     pre_batch: int = 24
     pre_lr: float = 3e-3

@@ -90,7 +90,10 @@ def pretrain(model: Any, lines: Sequence[list[int]], bos: int, cfg: OrganismConf
         starts.append(len(stream))
         stream.extend(ids)
     data = torch.tensor(stream, dtype=torch.long)
-    valid = [s for s in starts if s + cfg.seq_len <= len(stream)]
+    if cfg.line_start_windows:
+        valid = [s for s in starts if s + cfg.seq_len <= len(stream)]
+    else:
+        valid = list(range(len(stream) - cfg.seq_len))
     model.to(device).train()
     opt = _optimizer(model, cfg.pre_lr, cfg, cfg.weight_decay)
     losses: list[float] = []
