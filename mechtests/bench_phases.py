@@ -19,6 +19,9 @@ hook on the unembedding adds ``2 x vocab x d_model`` per row it projects. Whatev
 phase uses (suffix patching, sweeps, KV-cached generation, early-stopped caching), the count
 follows the tokens it pushes through each layer.
 
+"load" is every model switch: loading (items: models loaded) and releasing the previous model
+(``FamilyContext.release``: dropping it and a full ``gc.collect``).
+
 Patching calls are split by their source: TRUE activations that the same role's model produced
 (collected through the context) make a "patching sweep"; any other source (another model's
 activations, the norm-matched random null) makes "cross-model patching".
@@ -87,6 +90,7 @@ class Target:
 
 TARGETS = (
     Target("mechtests.engine:load_backend", "load", lambda *_: 1),
+    Target("mechtests.context:FamilyContext.release", "load"),  # unload + gc: model switches
     Target("mechtests.engine.collect:collect_activations", "activation collection",
            _n(1, "prompts")),
     Target("mechtests.methods.patching:patch_heatmaps", "patching", _sites, PATCHING),

@@ -291,7 +291,13 @@ class _Recorder:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if not self.state.records:
             return
+        from mechtests.report.cards import format_gates, read_cards
         from mechtests.report.matrix import format_terminal
+
+        for name, family in self.state.families.items():
+            for path, card in read_cards(family, self.state.cache_dir).items():
+                for line in format_gates(name, path, card):
+                    terminalreporter.write_line(line)
 
         for line in format_terminal(self.state.records):
             terminalreporter.write_line(line)

@@ -126,11 +126,14 @@ def bootstrap_cosine(
     second: tuple[torch.Tensor, torch.Tensor],
     n_boot: int = 1000,
     seed: int = 0,
+    method: str = "basic",
 ) -> tuple[float, float]:
     """Bootstrap interval of ``cos(r_first, r_second)``, resampling prompts.
 
     ``first`` and ``second`` are ``(harmful [n, d], harmless [m, d])`` of two models on the *same*
-    prompts, so one resample of harmful and one of harmless indices is applied to both.
+    prompts, so one resample of harmful and one of harmless indices is applied to both. The
+    ``basic`` (reflected) interval is the default: sampling noise shared by the two models biases
+    the resampled cosines, and reflecting around the point estimate removes that bias.
     """
     fh, fl = (t.to(torch.float64) for t in first)
     sh, sl = (t.to(torch.float64) for t in second)
@@ -142,7 +145,8 @@ def bootstrap_cosine(
         denom = float(a.norm() * b.norm())
         return float(a @ b) / denom if denom > 0 else float("nan")
 
-    return bootstrap_interval(stat, n_boot=n_boot, seed=seed, n=(fh.shape[0], fl.shape[0]))
+    return bootstrap_interval(stat, n_boot=n_boot, seed=seed, n=(fh.shape[0], fl.shape[0]),
+                              method=method)
 
 
 def candidate_directions(

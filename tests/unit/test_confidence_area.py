@@ -80,7 +80,8 @@ def test_weight_claims_report_metric_control_and_load_each_model_once(
                 assert m.details["control_base_shared"] == m.control
             if claim_id == "chance_control":
                 # tiny: top-norm pool of 32 neurons, chance about 10 * 10 / 32
-                assert m.metric == pytest.approx(m.control, abs=0.3)
+                assert m.metric == pytest.approx(m.details["exact_chance"], abs=0.3)
+                assert m.control == m.details["observed_shared"]
                 assert m.details["pool_size"] == 32
     assert set(loads.values()) == {1}
     assert len(loads) == 4  # base, sft, instruct, control

@@ -1,0 +1,67 @@
+"""Model cards shown before the claim matrix: the behaviour gates a checkpoint passed.
+
+A checkpoint directory (or the folder holding a family's checkpoints, as the organism's
+``fixtures/organism/checkpoints/ci/``) may carry a ``card.json`` with ``gates`` (measured values
+per role) and ``gate_rules`` (thresholds.yaml ``gates:``). The report prints them so that a
+reader sees the organism passed its gates before reading claims measured on it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+CARD_NAME = "card.json"
+
+
+def find_card(checkpoint_dir: Path) -> Path | None:
+    """``card.json`` in the checkpoint directory or its parent, if any."""
+    for folder in (checkpoint_dir, checkpoint_dir.parent):
+        if (folder / CARD_NAME).is_file():
+            return folder / CARD_NAME
+    return None
+
+
+def read_cards(family: Any, cache_dir: Path) -> dict[Path, dict[str, Any]]:
+    """The distinct model cards of a family's checkpoints (resolving them offline)."""
+    from mechtests.errors import MechTestsError
+    from mechtests.families import resolve_checkpoint
+
+    cards: dict[Path, dict[str, Any]] = {}
+    for spec in family.models.values():
+        try:
+            path = find_card(resolve_checkpoint(spec.ref, cache_dir))
+        except MechTestsError:
+            continue
+        if path is not None and path not in cards:
+            try:
+                cards[path] = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+    return cards
+
+
+def format_gates(family: str, path: Path, card: Mapping[str, Any]) -> list[str]:
+    """Terminal lines: one per gate, with value, rule and PASS/FAIL."""
+    gates = card.get("gates") or {}
+    rules = card.get("gate_rules") or {}
+    if not gates:
+        return []
+    seeds = ", ".join(f"{k} {v}" for k, v in (card.get("seeds") or {}).items())
+    lines = [f"{family}: model card {path} ({card.get('name', '')}; seeds {seeds})"]
+    for role, values in gates.items():
+        for key, value in (values or {}).items():
+            # the control base is held to the base gates
+            rule = rules.get(f"{role}_{key}") or (
+                rules.get(f"base_{key}") if role == "control" else None
+            )
+            if not isinstance(value, (int, float)) or rule is None:
+                continue
+            ok = value >= rule["value"] if rule["op"] == ">=" else value <= rule["value"]
+            lines.append(
+                f"  gate {role}.{key:<22} {value:6.3f} {rule['op']} {rule['value']:<5} "
+                f"{'PASS' if ok else 'FAIL'}"
+            )
+    return lines
