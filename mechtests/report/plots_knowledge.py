@@ -41,7 +41,7 @@ def plot_heatmaps(
     plt = _pyplot()
     n_layers, width = np.shape(panels[0][1])
     labels = list(columns) if len(columns) == width else [str(j) for j in range(width)]
-    fig_w = min(24.0, 1.5 + len(panels) * (1.2 + 0.38 * width))
+    fig_w = min(24.0, 1.5 + len(panels) * max(2.6, 1.2 + 0.38 * width))
     fig_h = min(14.0, 1.8 + 0.28 * n_layers + 0.06 * max(len(s) for s in labels))
     fig, axes = plt.subplots(1, len(panels), figsize=(fig_w, fig_h), squeeze=False)
     image = None
@@ -53,7 +53,7 @@ def plot_heatmaps(
         ax.set_xticklabels(labels, rotation=90, fontsize=8)
         step = max(1, n_layers // 16)
         ax.set_yticks(range(0, n_layers, step))
-        ax.set_ylabel("layer (resid_post)")
+    axes[0][0].set_ylabel("layer (resid_post)")
     if image is not None:
         fig.colorbar(image, ax=list(axes[0]), shrink=0.8, label="normalised log P(T)/P(F)")
     if title:
