@@ -1,5 +1,6 @@
 # Two commands on a fresh clone:
-#   make matrix   claim matrix on the embedded organism family (reports/claim_matrix.{json,md})
+#   make matrix   claim matrix on the embedded organism family (reports/claim_matrix.{json,md,html});
+#                 FAMILY=tiny for the random-weight plumbing family, PYTEST_ARGS for pytest options
 #   make test     the package's tests (what CI runs)
 # Both create .venv and install mechtests into it first (once; redone when pyproject changes).
 
@@ -12,6 +13,7 @@ TORCH_SPEC ?= torch==2.13.0
 PIP_TORCH_ARGS ?=
 STAMP := $(VENV)/.mechtests-installed
 PYTEST_ARGS ?=
+FAMILY ?= organism
 
 .PHONY: matrix test lint bench clean-venv
 
@@ -23,7 +25,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 matrix: $(STAMP)
-	$(BIN)/mechtests run $(PYTEST_ARGS)
+	$(BIN)/mechtests run --model-family $(FAMILY) $(PYTEST_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests -n 0 -m "not slow" $(PYTEST_ARGS)

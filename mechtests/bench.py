@@ -65,8 +65,8 @@ def add_bench_subparser(sub: Any) -> None:
                         "Default: the real depth.")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N. Default: auto.")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
-                   help="model dtype; auto = bfloat16 for -shape families, else float32. "
-                        "Default: auto.")
+                   help="model dtype; auto = the shape's dtype for -shape families (bfloat16 "
+                        "for the paper presets, as the paper ran), else float32. Default: auto.")
     p.add_argument("--backend", default="hf", choices=("hf", "transformer-lens"),
                    help="model backend. Default: hf.")
     p.add_argument("--max-examples", type=int, default=None, metavar="N",
@@ -181,8 +181,8 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     family = _family(args)
-    dtype = args.dtype if args.dtype != "auto" else (
-        "bfloat16" if family.extra.get("shape") else "float32")
+    shape = family.extra.get("shape") or {}
+    dtype = args.dtype if args.dtype != "auto" else str(shape.get("dtype", "float32"))
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu")
                           if args.device == "auto" else args.device)
     areas = [a.strip() for a in args.areas.split(",")] if args.areas else None
@@ -248,14 +248,19 @@ def _result(family: Family, options: RunOptions, recorder: PhaseRecorder,
     from mechtests.bench_phases import UNITS
 
     phases = {}
+    cuda = recorder.memory.cuda
     for name, s in recorder.stats.items():
         rate = s.flops / s.seconds if s.seconds > 0 else 0.0
+        clock = s.seconds if cuda else s.cpu_seconds  # the peak's clock (bench_flops)
+        per_clock = s.flops / clock if clock > 0 else 0.0
         phases[name] = {
-            "seconds": round(s.seconds, 3), "share": round(s.seconds / total, 4) if total else 0,
+            "seconds": round(s.seconds, 3), "cpu_seconds": round(s.cpu_seconds, 3),
+            "share": round(s.seconds / total, 4) if total else 0,
             "calls": s.calls, "items": s.items, "unit": UNITS[name],
             "items_per_s": round(s.items / s.seconds, 3) if s.seconds > 0 and s.items else None,
             "peak_bytes": s.peak_bytes, "flops": s.flops, "flop_per_s": rate,
-            "peak_share": rate / peak if s.flops and peak else None,
+            "flop_per_clock_s": per_clock,
+            "peak_share": per_clock / peak if s.flops and peak else None,
             "layer_tokens": s.layer_tokens, "head_rows": s.head_rows,
         }
     weights = max((m["weights_bytes"] for m in recorder.models.values()), default=0)
@@ -272,6 +277,7 @@ def _result(family: Family, options: RunOptions, recorder: PhaseRecorder,
         "machine": machine, "memory_kind": recorder.memory.kind,
         "bf16_peak_flop_per_s": peak, "bf16_peak_basis": peak_basis,
         "prepare_seconds": round(prepare, 3), "total_seconds": round(total, 3),
+        "total_cpu_seconds": round(sum(s.cpu_seconds for s in recorder.stats.values()), 3),
         "phases": phases, "areas": areas, "claims": rows, "models": recorder.models,
         "peak_bytes": overall, "peak_over_weights": overall / weights if weights else None,
         "goals": GOALS, "uninstrumented": recorder.missing,
@@ -305,22 +311,26 @@ def format_table(result: dict[str, Any]) -> str:
         + (f", load average {load[0]:.1f} at start" if load else "")
         + f"; memory: {result['memory_kind']}; bf16 peak "
         f"{result['bf16_peak_flop_per_s'] / 1e12:.3g} TFLOP/s ({result['bf16_peak_basis']})",
+        "TFLOP/s and % bf16 peak: per " + ("second" if result["memory_kind"].startswith(
+            "torch.cuda") else "CPU second (process CPU time: other load on the machine does not "
+                               "count against them)"),
         "",
-        "| phase | seconds | share | calls | items | items/s | peak memory | TFLOP/s "
+        "| phase | seconds | CPU s | share | calls | items | items/s | peak memory | TFLOP/s "
         "| % bf16 peak |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, p in result["phases"].items():
         items = f"{p['items']:,} {p['unit']}" if p["items"] else "-"
-        tflops = f"{p['flop_per_s'] / 1e12:.3g}" if p["flops"] else "-"
+        tflops = f"{p['flop_per_clock_s'] / 1e12:.3g}" if p["flops"] else "-"
         share = f"{100 * p['peak_share']:.1f}" if p["peak_share"] is not None else "-"
         lines.append(
-            f"| {name} | {p['seconds']:.2f} | {100 * p['share']:.1f}% | {p['calls']} | {items} "
+            f"| {name} | {p['seconds']:.2f} | {p['cpu_seconds']:.2f} | {100 * p['share']:.1f}% "
+            f"| {p['calls']} | {items} "
             f"| {_rate(p['items_per_s'])} | {_bytes(p['peak_bytes'])} | {tflops} | {share} |")
     ratio = result["peak_over_weights"]
     lines += [
-        f"| **total** | **{result['total_seconds']:.2f}** | 100% | | | "
-        f"| {_bytes(result['peak_bytes'])} | | |",
+        f"| **total** | **{result['total_seconds']:.2f}** | {result['total_cpu_seconds']:.2f} "
+        f"| 100% | | | | {_bytes(result['peak_bytes'])} | | |",
         "",
         f"claims: {sum(r['status'] == 'ok' for r in result['claims'])} ok, "
         f"{sum(r['status'] == 'skipped' for r in result['claims'])} skipped, "

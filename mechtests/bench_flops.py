@@ -100,21 +100,27 @@ def install_flop_hooks(model: Any, spec: Any, add: AddFn) -> list[Any]:
 
 
 def measured_matmul_peak(device: torch.device, seconds: float = 0.3) -> float:
-    """FLOP/s of a square bf16 matmul on ``device`` (best of a short loop)."""
-    n = 4096 if device.type == "cuda" else 1024
+    """FLOP/s of a square bf16 matmul on ``device`` (best of a short loop). On CPU per second
+    of process CPU time (``time.process_time``), so that other processes on a shared machine
+    do not lower it; compare it with a phase's FLOPs per CPU second."""
+    cuda = device.type == "cuda"
+    clock = time.perf_counter if cuda else time.process_time
+    n = 4096 if cuda else 1024
     a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     a @ b  # warm-up
     best, end = 0.0, time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        if device.type == "cuda":
+    while time.perf_counter() < end or best == 0.0:
+        if cuda:
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        start = clock()
         for _ in range(4):
             a @ b
-        if device.type == "cuda":
+        if cuda:
             torch.cuda.synchronize()
-        best = max(best, 4 * 2 * n**3 / (time.perf_counter() - start))
+        elapsed = clock() - start
+        if elapsed > 0:
+            best = max(best, 4 * 2 * n**3 / elapsed)
     return best
 
 
@@ -132,4 +138,4 @@ def reference_peak(device: torch.device, override_tflops: float | None = None
         return measured_matmul_peak(device), f"measured bf16 matmul on {name}"
     threads = torch.get_num_threads()
     return (measured_matmul_peak(device),
-            f"measured bf16 matmul on this CPU ({threads} thread{'s' if threads > 1 else ''})")
+            f"measured bf16 matmul per CPU second ({threads} thread{'s' if threads > 1 else ''})")

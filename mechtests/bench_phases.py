@@ -7,6 +7,9 @@ an activation collection) pauses the outer one, and time outside every phase is 
 (statistics, bootstraps, plots, hashing). On CUDA the device is synchronised at each phase
 boundary so that asynchronous kernels are charged to the phase that launched them.
 
+Each phase also gets its process CPU time (``time.process_time``, all threads): on a shared
+machine, where other processes take cores, that is the work done; wall time is the user's wait.
+
 Memory: the peak of ``torch.cuda.max_memory_allocated`` on CUDA; on CPU the peak resident set
 size (``VmHWM``, reset per phase through ``/proc/self/clear_refs`` on Linux; elsewhere the
 process's high-water mark so far, which cannot be reset). A phase's peak includes the phases
@@ -123,6 +126,7 @@ class PhaseStats:
     """One phase's totals (exclusive seconds; peak bytes include nested phases)."""
 
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # process CPU time (all threads): the work on a shared machine
     calls: int = 0
     items: int = 0
     flops: float = 0.0
@@ -184,6 +188,7 @@ class PhaseRecorder:
         self.memory = Memory(self.device)
         self._stack: list[str] = ["other"]
         self._since = time.perf_counter()
+        self._cpu_since = time.process_time()
         self._sources: dict[int, str] = {}
 
     # -- phases ------------------------------------------------------------------------------
@@ -194,9 +199,10 @@ class PhaseRecorder:
     def _switch(self) -> float:
         """Charge the running segment to the current phase; the time now."""
         self.memory.sync()
-        now = time.perf_counter()
+        now, cpu = time.perf_counter(), time.process_time()
         self.stats[self.current].seconds += now - self._since
-        self._since = now
+        self.stats[self.current].cpu_seconds += cpu - self._cpu_since
+        self._since, self._cpu_since = now, cpu
         return now
 
     def _note_peak(self, frames: Iterable[str]) -> None:
@@ -226,6 +232,7 @@ class PhaseRecorder:
         self.memory.sync()
         self.memory.reset()
         self._since = time.perf_counter()
+        self._cpu_since = time.process_time()
 
     def finish(self) -> None:
         self._switch()

@@ -68,7 +68,7 @@ class FamilyContext:
         return self._paths[role]
 
     def fingerprint(self, role: str) -> str:
-        """Content hash of ``role``'s checkpoint (:func:`mechtests.store.fingerprint_checkpoint`)."""
+        """Content hash of ``role``'s checkpoint (see ``store.fingerprint_checkpoint``)."""
         if role not in self._fingerprints:
             from mechtests.store import fingerprint_checkpoint
 

@@ -294,10 +294,9 @@ class _Recorder:
         from mechtests.report.cards import format_gates, read_cards
         from mechtests.report.matrix import format_terminal
 
-        for name, family in self.state.families.items():
-            for path, card in read_cards(family, self.state.cache_dir).items():
-                for line in format_gates(name, path, card):
-                    terminalreporter.write_line(line)
+        for (family, path), card in read_cards(self.state.records).items():
+            for line in format_gates(family, path, card):
+                terminalreporter.write_line(line)
 
         for line in format_terminal(self.state.records):
             terminalreporter.write_line(line)

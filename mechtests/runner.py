@@ -16,6 +16,7 @@ from mechtests.claims.thresholds import Thresholds
 from mechtests.claims.verdict import judge
 from mechtests.context import FamilyContext, RunOptions
 from mechtests.families import Family
+from mechtests.report.cards import find_card
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class ClaimRecord:
     note: str = ""
     expected_failure: str | None = None
     checkpoints: dict[str, str] = field(default_factory=dict)
+    model_cards: list[str] = field(default_factory=list)
     artifacts: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
@@ -134,6 +136,8 @@ class ClaimRunner:
         record.details = _jsonable(dict(measurement.details))
         record.artifacts = [_relative(a, self.options.report_dir) for a in measurement.artifacts]
         record.checkpoints = {role: ctx.fingerprint(role)[:16] for role in case.pair}
+        cards = (find_card(ctx.checkpoint_dir(role)) for role in case.pair)
+        record.model_cards = sorted({str(card) for card in cards if card is not None})
         return record, judgement
 
 

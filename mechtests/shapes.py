@@ -85,6 +85,7 @@ class Shape:
     n_params: float
     qkv_bias: bool
     same_shape: tuple[str, ...] = ()
+    dtype: str = "bfloat16"  # the default dtype of `mechtests bench` for this shape
 
     @property
     def n_layers(self) -> int:
@@ -102,6 +103,7 @@ def load_shapes(path: Path = SHAPES_FILE) -> dict[str, Shape]:
                 name=str(name), source=str(body["source"]), config=dict(body["config"]),
                 n_params=float(body["n_params"]), qkv_bias=bool(body.get("qkv_bias", False)),
                 same_shape=tuple(body.get("same_shape") or ()),
+                dtype=str(body.get("dtype", "bfloat16")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(
@@ -300,7 +302,8 @@ def shape_family(preset: Family, n_layers: int | None = None,
         refusal=refusal,
         random_weights=True,
         extra={**preset.extra, "shape": {"preset": preset.name, "n_layers": n,
-                                         "real_layers": real, "source": shape.source}},
+                                         "real_layers": real, "source": shape.source,
+                                         "dtype": shape.dtype}},
     )
 
 

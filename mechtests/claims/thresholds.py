@@ -105,7 +105,8 @@ def load_thresholds(path: Path | None = None, claim_ids: Iterable[str] | None = 
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())}). Fix: correct the syntax.") from None
+        detail = " ".join(str(exc).split())
+        raise ConfigError(f"{path}: not valid YAML ({detail}). Fix: correct the syntax.") from None
     unknown = set(raw) - _TOP_KEYS
     if unknown:
         raise ConfigError(

@@ -9,7 +9,7 @@ reader sees the organism passed its gates before reading claims measured on it.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,26 +24,26 @@ def find_card(checkpoint_dir: Path) -> Path | None:
     return None
 
 
-def read_cards(family: Any, cache_dir: Path) -> dict[Path, dict[str, Any]]:
-    """The distinct model cards of a family's checkpoints (resolving them offline)."""
-    from mechtests.errors import MechTestsError
-    from mechtests.families import resolve_checkpoint
+def read_cards(records: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """The distinct model cards named by claim records, keyed by (family, path).
 
-    cards: dict[Path, dict[str, Any]] = {}
-    for spec in family.models.values():
-        try:
-            path = find_card(resolve_checkpoint(spec.ref, cache_dir))
-        except MechTestsError:
-            continue
-        if path is not None and path not in cards:
+    Only cards of checkpoints a claim test already resolved are read: the report never
+    resolves (let alone builds) a checkpoint itself.
+    """
+    cards: dict[tuple[str, str], dict[str, Any]] = {}
+    for record in records:
+        for path in record.get("model_cards", []):
+            key = (str(record["family"]), str(path))
+            if key in cards:
+                continue
             try:
-                cards[path] = json.loads(path.read_text(encoding="utf-8"))
+                cards[key] = json.loads(Path(path).read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 continue
     return cards
 
 
-def format_gates(family: str, path: Path, card: Mapping[str, Any]) -> list[str]:
+def format_gates(family: str, path: Path | str, card: Mapping[str, Any]) -> list[str]:
     """Terminal lines: one per gate, with value, rule and PASS/FAIL."""
     gates = card.get("gates") or {}
     rules = card.get("gate_rules") or {}

@@ -42,11 +42,29 @@ def _meta_model(preset: str, n_layers: int) -> tuple[Any, dict[str, Any]]:
 
 def test_every_paper_preset_has_a_recorded_shape_with_a_cited_source() -> None:
     shapes = load_shapes()
-    assert set(shapes) == set(PRESETS)
+    assert set(shapes) == {*PRESETS, "organism"}
     families = load_families()
+    for name in PRESETS:
+        assert shapes[name].source.startswith("public config.json of "), name
     for name, shape in shapes.items():
-        assert shape.source.startswith("public config.json of "), name
         assert shape.config["model_type"] == families[name].architecture
+
+
+def test_organism_shape_is_the_ci_organism_recipe() -> None:
+    from mechtests.organism import corpus
+    from mechtests.organism.config import size_config
+    from mechtests.organism.tokenizer import vocabulary
+    from mechtests.organism.train import make_model
+    from mechtests.organism.world import make_world
+
+    vocab = vocabulary(corpus.lexicon(make_world()))
+    with torch.device("meta"):
+        real = make_model(size_config("ci"), vocab, seed=0).config
+    cfg = load_shapes()["organism"].config
+    for key in ("num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads",
+                "intermediate_size", "vocab_size", "max_position_embeddings", "rms_norm_eps",
+                "tie_word_embeddings"):
+        assert cfg[key] == getattr(real, key), key
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -79,7 +97,7 @@ def test_two_layer_model_has_the_presets_recorded_widths(preset: str) -> None:
             50.0, 30.0, 4096, 256)
 
 
-@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("preset", [*PRESETS, "organism"])
 def test_full_depth_model_has_the_published_parameter_count(preset: str) -> None:
     shape = load_shapes()[preset]
     model, _ = _meta_model(preset, shape.n_layers)
