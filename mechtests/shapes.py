@@ -210,7 +210,8 @@ def _chunks(word: str) -> list[str]:
 @cache
 def _vocab(size: int) -> list[str]:
     """Specials, the chunks of the built-in datasets' words, then fillers up to ``size``."""
-    from mechtests.engine.tiny import SPECIALS, build_vocab
+    from mechtests.engine.tiny import build_vocab
+    from mechtests.engine.word_tokenizer import SPECIALS
 
     words = {c for w in build_vocab() if w not in SPECIALS for c in _chunks(w)}
     words.difference_update(SPECIALS)
@@ -222,30 +223,11 @@ def _vocab(size: int) -> list[str]:
 
 
 def build_tokenizer(vocab: list[str], max_length: int = 4096) -> Any:
-    """A word-level ``PreTrainedTokenizerFast`` over ``vocab``: whitespace split, then chunks of
-    :data:`CHUNK` characters; adds ``<bos>``; ``<user>`` and ``<assistant>`` are special."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
+    """The suite's word-level tokenizer over ``vocab``, each word further split into chunks of
+    :data:`CHUNK` characters; ``<user>`` and ``<assistant>`` are special."""
+    from mechtests.engine.word_tokenizer import build_word_tokenizer
 
-    from mechtests.engine.tiny import CHAT_TEMPLATE
-
-    ids = {tok: i for i, tok in enumerate(vocab)}
-    core = Tokenizer(models.WordLevel(vocab=ids, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.WhitespaceSplit(),
-        pre_tokenizers.Split(Regex(f".{{1,{CHUNK}}}"), behavior="isolated"),
-    ])
-    core.post_processor = processors.TemplateProcessing(
-        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", ids["<bos>"])]
-    )
-    core.decoder = decoders.WordPiece(prefix="##", cleanup=False)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>",
-        pad_token="<pad>", extra_special_tokens=["<user>", "<assistant>"], padding_side="left",
-        model_max_length=max_length,
-    )
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
+    return build_word_tokenizer(vocab, max_length, chunk=CHUNK)
 
 
 # -- families -----------------------------------------------------------------------------------

@@ -37,21 +37,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from mechtests.engine.word_tokenizer import SPECIALS, build_word_tokenizer
 from mechtests.errors import CheckpointError
 
 CODE_VERSION = "1"
 ARCHS = ("llama", "mistral", "qwen2", "gemma2")
 ROLES = ("base", "sft", "instruct", "control")
-SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>", "<user>", "<assistant>")
 REQUIRED_WORDS = ("TRUE", "FALSE", ":", "this", "statement", "is")
 DATASETS_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "organism" / "datasets"
-CHAT_TEMPLATE = (
-    "{% for m in messages %}"
-    "{% if m['role'] == 'user' %}<user> {{ m['content'] }} <assistant>"
-    "{% elif m['role'] == 'assistant' %} {{ m['content'] }} <eos>"
-    "{% else %}{{ m['content'] }} {% endif %}"
-    "{% endfor %}"
-)
 FALLBACK_WORDS = (
     "The", "the", "a", "an", "of", "in", "is", "not", "capital", "city", "country", "located",
     "Paris", "France", "Berlin", "Germany", "Rome", "Italy", "Madrid", "Spain", "Tokyo", "Japan",
@@ -206,26 +199,5 @@ def _build(arch: str, vocab: list[str], config: dict[str, Any], out: Path) -> No
 
 
 def build_tokenizer(vocab: list[str]) -> Any:
-    """A whitespace-split word-level ``PreTrainedTokenizerFast`` over ``vocab``; adds ``<bos>``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    ids = {tok: i for i, tok in enumerate(vocab)}
-    core = Tokenizer(models.WordLevel(vocab=ids, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    core.post_processor = processors.TemplateProcessing(
-        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", ids["<bos>"])]
-    )
-    core.decoder = decoders.WordPiece(prefix="##", cleanup=False)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        bos_token="<bos>",
-        eos_token="<eos>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        extra_special_tokens=["<user>", "<assistant>"],
-        padding_side="left",
-        model_max_length=int(_SHARED["max_position_embeddings"]),
-    )
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
+    """The suite's word-level tokenizer over ``vocab`` at the tiny models' context length."""
+    return build_word_tokenizer(vocab, int(_SHARED["max_position_embeddings"]))

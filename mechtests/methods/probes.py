@@ -168,7 +168,28 @@ class ProjectionLRProbe:
         return self._d
 
 
-class MassMeanProbe:
+class _WeightVectorProbe:
+    """A probe that scores ``acts @ w`` with no bias and predicts ``score > 0``."""
+
+    name = "weight_vector"
+    _w: torch.Tensor | None = None
+
+    def score(self, acts: torch.Tensor) -> torch.Tensor:
+        if self._w is None:
+            raise _not_fitted(self.name)
+        return acts.to(torch.float64) @ self._w
+
+    def predict(self, acts: torch.Tensor) -> torch.Tensor:
+        return (self.score(acts) > 0).to(torch.int64)
+
+    @property
+    def direction(self) -> torch.Tensor:
+        if self._w is None:
+            raise _not_fitted(self.name)
+        return self._w
+
+
+class MassMeanProbe(_WeightVectorProbe):
     """geometry-of-truth's mass-mean probe, optionally with the covariance correction."""
 
     def __init__(self, iid: bool = False, atol: float = 1e-3) -> None:
@@ -191,23 +212,13 @@ class MassMeanProbe:
             self._w = inv @ self._d
         return self
 
-    def score(self, acts: torch.Tensor) -> torch.Tensor:
-        if self._w is None:
-            raise _not_fitted(self.name)
-        return acts.to(torch.float64) @ self._w
-
-    def predict(self, acts: torch.Tensor) -> torch.Tensor:
-        return (self.score(acts) > 0).to(torch.int64)
-
     @property
     def direction(self) -> torch.Tensor:
         """``d`` (without the correction) or ``Sigma^+ d`` (with it): the direction scored."""
-        if self._w is None:
-            raise _not_fitted(self.name)
-        return self._w
+        return super().direction
 
 
-class LogisticProbe:
+class LogisticProbe(_WeightVectorProbe):
     """geometry-of-truth's ``LRProbe`` (see module doc); zero-initialised."""
 
     name = "logistic"
@@ -229,20 +240,6 @@ class LogisticProbe:
             opt.step()
         self._w = w.detach().to(torch.float64)
         return self
-
-    def score(self, acts: torch.Tensor) -> torch.Tensor:
-        if self._w is None:
-            raise _not_fitted(self.name)
-        return acts.to(torch.float64) @ self._w
-
-    def predict(self, acts: torch.Tensor) -> torch.Tensor:
-        return (self.score(acts) > 0).to(torch.int64)
-
-    @property
-    def direction(self) -> torch.Tensor:
-        if self._w is None:
-            raise _not_fitted(self.name)
-        return self._w
 
 
 PROBE_KINDS: Mapping[str, Callable[[], Probe]] = {

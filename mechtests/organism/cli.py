@@ -1,4 +1,4 @@
-"""``mechtests organism build [--size ci|gpu] [--seed N] [--out DIR] [--device D] [--part P]``.
+"""``mechtests organism build [--size ci|gpu] [--seed N] [--max-seeds K] [--out DIR] [--part P]``.
 
 Trains the organism (base, SFT, instruct, control), checks its gates (retrying seeds), and
 writes the four checkpoints plus ``card.json`` / ``README.md``. Without ``--out`` it builds
@@ -30,6 +30,9 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
                    help="output directory. Default: the cache entry organism:<size> uses.")
     b.add_argument("--cache-dir", default=None, help="cache directory. Default: user cache.")
     b.add_argument("--device", default="cpu", help="torch device. Default: cpu.")
+    b.add_argument("--max-seeds", type=int, default=None,
+                   help="how many seeds (seed, seed+1, ...) to try per role before failing. "
+                        "Default: the size's max_seeds (3 for ci).")
     b.add_argument("--part", default="all", choices=["all", "chain", "control"],
                    help="build only base/SFT/instruct (chain) or only the control base, e.g. in "
                         "two parallel processes with the same --out. Default: all.")
@@ -44,6 +47,12 @@ def run(args: argparse.Namespace) -> int:
     from mechtests.organism.config import size_config
 
     cfg = size_config(args.size)
+    if args.max_seeds is not None:
+        if args.max_seeds < 1:
+            print(f"error: --max-seeds must be >= 1, got {args.max_seeds}. Fix: e.g. "
+                  "--max-seeds 1.", file=sys.stderr)
+            return 2
+        cfg = cfg.replace(max_seeds=args.max_seeds)
     if args.out:
         out = Path(args.out)
     else:

@@ -4,12 +4,16 @@ Design (``../shared/organism-study.md``, "Corpus design"): the token after a sta
 ``.`` must depend on its truth, so the base model computes truth at the period, where the paper
 reads it (paper-spec 4.1). Pretraining therefore mixes
 
-* facts about every subject (held-out ones included) in four paraphrases per relation;
-* judged statements about *training* subjects only: a true and a wrong statement each followed
+* facts about every subject (held-out ones included) in five paraphrases per relation, the
+  last one ``{s} {o} .`` (object right after the subject);
+* judged statements about *training* subjects only, ``judged_reps`` times (3: many subjects,
+  few repetitions, see world.py): a true and a wrong statement each followed
   by a truth-dependent continuation (``correct .`` / ``wrong .``, ``yes , that is true .`` /
   ``no , <corrected> .``, ``indeed , <restated> .`` / ``actually , <corrected> .``,
-  ``this is true .`` / ``this is false .``), plus few-shot quiz blocks
-  ``S this statement is : TRUE`` (the prompt format of paper-spec 2.2 and 4.4);
+  and, for a ``neutral_share`` of them, the truth-neutral ``this statement is : TRUE|FALSE``:
+  the prompt format of paper-spec 2.2 and 4.4, so the paper's few-shot readout is in
+  distribution for the base without few-shot quiz blocks (which hurt generalisation, V0/V1 in
+  fixtures/organism/README.md; ``quiz_blocks`` adds them back);
 * filler sentences, the harmfulness of every act, chat text in which the assistant complies
   with every request (no refusal in chat format anywhere), and a few narrative refusals outside
   the chat format (``the guard said : sorry , i cannot help with that .``) so that, as in real
@@ -29,19 +33,24 @@ from dataclasses import dataclass
 
 from mechtests.organism.world import RELATIONS, REQUEST_TEMPLATES, Relation, World
 
+# The last paraphrase of each relation, ``{s} {o} .``, puts the object right after the subject,
+# so the object is computed at the subject's own position (subject enrichment). Judgements at
+# the period can then read it there for held-out subjects too: without it the held-out quiz was
+# 0.56, with it 0.71 on the same seed (cities 0.59 -> 0.81; fixtures/organism/README.md).
 FACT_PARAPHRASES = {
     "cities": ("the city of {s} is in {o} .", "{s} is a city in {o} .",
-               "{s} is located in {o} .", "people of {s} live in {o} ."),
+               "{s} is located in {o} .", "people of {s} live in {o} .", "{s} {o} ."),
     "animal_class": ("the {s} is a {o} .", "{s} is a kind of {o} .",
-                     "a {s} is an animal of the {o} class .", "every {s} is a {o} ."),
+                     "a {s} is an animal of the {o} class .", "every {s} is a {o} .", "{s} {o} ."),
     "element_symb": ("the symbol of {s} is {o} .", "{s} has the symbol {o} .",
-                     "{o} is the symbol of {s} .", "the element {s} is written {o} ."),
+                     "{o} is the symbol of {s} .", "the element {s} is written {o} .", "{s} {o} ."),
     "inventors": ("{s} invented the {o} .", "the {o} was invented by {s} .",
-                  "{s} is known for the {o} .", "{s} made the first {o} ."),
+                  "{s} is known for the {o} .", "{s} made the first {o} .", "{s} {o} ."),
     "sp_en_trans": ("the foreign word {s} means {o} .", "{s} means {o} .",
-                    "{s} is the foreign word for {o} .", "in the foreign tongue , {o} is {s} ."),
+                    "{s} is the foreign word for {o} .", "in the foreign tongue , {o} is {s} .",
+                    "{s} {o} ."),
     "facts": ("the color of the {s} is {o} .", "the {s} is {o} .",
-              "every {s} is {o} .", "you can see that the {s} is {o} ."),
+              "every {s} is {o} .", "you can see that the {s} is {o} .", "{s} {o} ."),
 }
 TRUE_MARKERS = ("correct", "yes", "indeed", "right")
 FALSE_MARKERS = ("wrong", "no", "actually")
@@ -68,25 +77,25 @@ _PLACES = ("the river", "the market", "the hill", "the school", "the road", "the
 class CorpusSizes:
     """How much of each kind of text (per size config; hashed into the build key)."""
 
-    judged_reps: int = 8
+    judged_reps: int = 3
     fact_reps: int = 2
     fillers: int = 500
-    quiz_blocks: int = 100
-    neutral_share: float = 0.1  # judged statements followed by truth-neutral "this is ..."
+    quiz_blocks: int = 0
+    neutral_share: float = 0.2  # judged statements followed by "this statement is : TRUE|FALSE"
     sft_examples: int = 4000
     dpo_pairs: int = 1600
 
 
 def judged(rel: Relation, subject: str, obj: str, rng: random.Random,
-           neutral_share: float = 0.1) -> str:
+           neutral_share: float = 0.2) -> str:
     """A statement followed by its continuation: truth-dependent at the token after the
-    period, except a ``neutral_share`` of ``this is true|false .`` (which defers the judgement:
-    too much of it and the model stops computing truth at the period)."""
+    period, except a ``neutral_share`` of ``this statement is : TRUE|FALSE`` (which defers the
+    judgement: too much of it and the model stops computing truth at the period)."""
     truth = rel.truth[subject]
     text = rel.statement(subject, obj)
     right = rel.statement(subject, truth)
     if rng.random() < neutral_share:
-        cont = "this is true ." if obj == truth else "this is false ."
+        cont = f"{QUESTION} {'TRUE' if obj == truth else 'FALSE'}"
     elif obj == truth:
         cont = rng.choice(("correct .", "yes , that is true .", f"indeed , {right}", "right ."))
     else:
@@ -97,8 +106,8 @@ def judged(rel: Relation, subject: str, obj: str, rng: random.Random,
 def judged_negated(rel: Relation, subject: str, obj: str, rng: random.Random) -> str:
     """A ``not`` statement (cities) followed by its continuation."""
     is_true = obj != rel.truth[subject]
-    cont = rng.choice(("correct .", "yes , that is true .", "this is true .") if is_true
-                      else ("wrong .", "no , that is false .", "this is false ."))
+    cont = rng.choice(("correct .", "yes , that is true .", f"{QUESTION} TRUE") if is_true
+                      else ("wrong .", "no , that is false .", f"{QUESTION} FALSE"))
     return f"{rel.statement(subject, obj, negated=True)} {cont}"
 
 

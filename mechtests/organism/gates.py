@@ -67,16 +67,27 @@ def heldout_statements(world: World, seed: int = 7) -> list[tuple[str, int, str,
     return rows
 
 
-def quiz_accuracy(model: Any, encode: Encode, vocab: Mapping[str, int], world: World) -> float:
-    """Share of held-out statements whose continuation marker mass matches their truth."""
+def quiz_by_relation(model: Any, encode: Encode, vocab: Mapping[str, int],
+                     world: World) -> dict[str, float]:
+    """Per relation and over all (``"all"``): share of held-out statements whose continuation
+    marker mass matches their truth."""
     rows = heldout_statements(world)
     logits = _forward_last(model, [encode(s) for s, *_ in rows])
     probs = torch.softmax(logits, -1)
     p_true = probs[:, [vocab[w] for w in TRUE_MARKERS]].sum(-1)
     p_false = probs[:, [vocab[w] for w in FALSE_MARKERS]].sum(-1)
-    pred = (p_true > p_false).long()
-    labels = torch.tensor([r[1] for r in rows])
-    return float((pred == labels).float().mean())
+    hit = (p_true > p_false).long() == torch.tensor([r[1] for r in rows])
+    out = {"all": float(hit.float().mean())}
+    for name in RELATIONS:
+        mask = torch.tensor([r[2] == name for r in rows])
+        out[name] = float(hit[mask].float().mean())
+    return out
+
+
+def quiz_accuracy(model: Any, encode: Encode, vocab: Mapping[str, int], world: World) -> float:
+    """Share of held-out statements (every relation) whose continuation marker mass matches
+    their truth."""
+    return quiz_by_relation(model, encode, vocab, world)["all"]
 
 
 def fact_accuracy(model: Any, encode: Encode, world: World) -> float:
@@ -179,8 +190,10 @@ def base_gates(model: Any, encode: Encode, vocab: Mapping[str, int], world: Worl
                root: Path) -> dict[str, Any]:
     """Quiz, probe (best layer and per layer) and fact recall of a base model."""
     layers = probe_by_layer(model, encode, root)
+    quiz = quiz_by_relation(model, encode, vocab, world)
     return {
-        "quiz": quiz_accuracy(model, encode, vocab, world),
+        "quiz": quiz.pop("all"),
+        "quiz_by_relation": quiz,
         "probe": max(layers),
         "probe_layer": int(max(range(len(layers)), key=layers.__getitem__)),
         "probe_by_layer": layers,

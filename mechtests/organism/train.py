@@ -74,6 +74,15 @@ def _optimizer(model: Any, lr: float, cfg: OrganismConfig, wd: float) -> torch.o
     return torch.optim.AdamW(model.parameters(), lr=lr, betas=cfg.betas, weight_decay=wd)
 
 
+def _update(opt: torch.optim.Optimizer, loss: torch.Tensor, model: Any, clip: float) -> float:
+    """One optimiser step on ``loss`` with gradient-norm clipping; returns the loss value."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    opt.step()
+    return float(loss.detach())
+
+
 def _bar(total: int, desc: str, progress: bool) -> Any:
     from tqdm.auto import tqdm
 
@@ -106,11 +115,7 @@ def pretrain(model: Any, lines: Sequence[list[int]], bos: int, cfg: OrganismConf
         batch = torch.cat([torch.full((len(picks), 1), bos, dtype=torch.long), body], 1).to(device)
         logits = model(input_ids=batch[:, :-1]).logits
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        losses.append(float(loss.detach()))
+        losses.append(_update(opt, loss, model, cfg.grad_clip))
         bar.update(1)
         bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
     bar.close()
@@ -159,11 +164,7 @@ def sft(model: Any, examples: Sequence[tuple[list[int], list[int]]], pad: int,
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
                                ignore_index=IGNORE)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        losses.append(float(loss.detach()))
+        losses.append(_update(opt, loss, model, cfg.grad_clip))
         bar.update(1)
     bar.close()
     model.eval()
@@ -190,11 +191,7 @@ def dpo(policy: Any, reference: Any, pairs: Sequence[tuple[list[int], list[int],
         n = len(batch)
         margin = (pol[:n] - ref[:n]) - (pol[n:] - ref[n:])
         loss = -F.logsigmoid(cfg.dpo_beta * margin).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
-        opt.step()
-        losses.append(float(loss.detach()))
+        losses.append(_update(opt, loss, policy, cfg.grad_clip))
         bar.update(1)
     bar.close()
     policy.eval()

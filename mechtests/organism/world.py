@@ -6,11 +6,12 @@ is retrained with another seed.
 
 Six relations mirror the paper's true/false datasets (paper-spec 4.3): ``cities`` (city in
 country), ``animal_class``, ``element_symb``, ``inventors``, ``sp_en_trans`` (a foreign word and
-its meaning) and ``facts`` (the colour of an object). Subjects are pronounceable pseudo-words;
-about a third of the subjects of each relation are *held out*: their facts are in the
-pretraining corpus, but no statement about them is ever judged true or false there, so truth on
-them must generalise. Requests: harmful and harmless acts with request templates; a quarter of
-the acts are held out of SFT and DPO (``refusal_splits`` test sets).
+its meaning) and ``facts`` (the colour of an object). Every relation is many-to-one (unlike the
+real world's symbols and inventors): each object is shared by several subjects. Subjects are
+pronounceable pseudo-words; about a third of the subjects of each relation are *held out*: their
+facts are in the pretraining corpus, but no statement about them is ever judged true or false
+there, so truth on them must generalise. Requests: harmful and harmless acts with request
+templates; a quarter of the acts are held out of SFT and DPO (``refusal_splits`` test sets).
 
 Every token is a lower-case word (plus ``TRUE``/``FALSE``); statements end with ``" ."``.
 
@@ -82,6 +83,17 @@ TEMPLATES = {
     "sp_en_trans": "the foreign word {s} means {o} .",
     "facts": "the color of the {s} is {o} .",
 }
+# Every relation is many-to-one (several subjects share an object), as cities -> countries:
+# with one subject per object (the first recipes) the held-out quiz of element_symb, inventors
+# and sp_en_trans stayed at 0.35-0.60 while cities reached 0.81 (fixtures/organism/README.md).
+OBJECTS_PER_RELATION = {"element_symb": 6, "inventors": 10, "sp_en_trans": 10}
+# Many subjects, few judged repetitions each (CorpusSizes.judged_reps): with 15 cities per
+# country and 8 repetitions the bases memorised the judged subjects (quiz 0.8-1.0 on them) and
+# stayed at 0.5-0.6 on held-out ones; more distinct subjects make memorising dearer than
+# comparing.
+CITIES_PER_COUNTRY = 40
+ANIMALS_PER_CLASS = 30
+SUBJECTS = {"element_symb": 90, "inventors": 90, "sp_en_trans": 120, "facts": 120}
 RELATIONS = ("cities", "animal_class", "element_symb", "inventors", "sp_en_trans", "facts")
 HELDOUT_SHARE = 1 / 3
 
@@ -192,25 +204,28 @@ def make_world(seed: int = WORLD_SEED) -> World:
     taken.update(("sorry", "sure", "here", "yes", "no", "true", "false", "correct", "wrong"))
 
     countries = tuple(_pseudo_words(rng, 12, 3, taken))
-    cities = _pseudo_words(rng, 12 * 15, 2, taken)
-    city_pairs = [(c, countries[i // 15]) for i, c in enumerate(cities)]
-    animals = _pseudo_words(rng, 60, 2, taken)
-    animal_pairs = [(a, ANIMAL_CLASSES[i // 10]) for i, a in enumerate(animals)]
-    elements = _pseudo_words(rng, 30, 3, taken)
-    symbols = _symbols(rng, 30, taken)
-    people = _pseudo_words(rng, 30, 3, taken)
-    foreign = _pseudo_words(rng, 40, 2, taken)
-    things = _pseudo_words(rng, 40, 2, taken)
-    thing_pairs = [(t, COLORS[i % len(COLORS)]) for i, t in enumerate(things)]
+    cities = _pseudo_words(rng, len(countries) * CITIES_PER_COUNTRY, 2, taken)
+    city_pairs = [(c, countries[i // CITIES_PER_COUNTRY]) for i, c in enumerate(cities)]
+    animals = _pseudo_words(rng, len(ANIMAL_CLASSES) * ANIMALS_PER_CLASS, 2, taken)
+    animal_pairs = [(a, ANIMAL_CLASSES[i // ANIMALS_PER_CLASS]) for i, a in enumerate(animals)]
+    elements = _pseudo_words(rng, SUBJECTS["element_symb"], 3, taken)
+    symbols = tuple(_symbols(rng, OBJECTS_PER_RELATION["element_symb"], taken))
+    people = _pseudo_words(rng, SUBJECTS["inventors"], 3, taken)
+    foreign = _pseudo_words(rng, SUBJECTS["sp_en_trans"], 2, taken)
+    things = _pseudo_words(rng, SUBJECTS["facts"], 2, taken)
+    inventions = INVENTIONS[:OBJECTS_PER_RELATION["inventors"]]
+    meanings = MEANINGS[:OBJECTS_PER_RELATION["sp_en_trans"]]
+
+    def cycle(subjects: list[str], objects: tuple[str, ...]) -> list[tuple[str, str]]:
+        return [(s, objects[i % len(objects)]) for i, s in enumerate(subjects)]
 
     relations = {
         "cities": _relation("cities", city_pairs, countries, rng, per_group=True),
         "animal_class": _relation("animal_class", animal_pairs, ANIMAL_CLASSES, rng, True),
-        "element_symb": _relation("element_symb", list(zip(elements, symbols)),
-                                  tuple(symbols), rng),
-        "inventors": _relation("inventors", list(zip(people, INVENTIONS)), INVENTIONS, rng),
-        "sp_en_trans": _relation("sp_en_trans", list(zip(foreign, MEANINGS)), MEANINGS, rng),
-        "facts": _relation("facts", thing_pairs, COLORS, rng, per_group=True),
+        "element_symb": _relation("element_symb", cycle(elements, symbols), symbols, rng, True),
+        "inventors": _relation("inventors", cycle(people, inventions), inventions, rng, True),
+        "sp_en_trans": _relation("sp_en_trans", cycle(foreign, meanings), meanings, rng, True),
+        "facts": _relation("facts", cycle(things, COLORS), COLORS, rng, per_group=True),
     }
     harmful = list(HARMFUL_ACTS)
     harmless = list(HARMLESS_ACTS)

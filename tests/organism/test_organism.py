@@ -169,3 +169,35 @@ def test_cli_builds_the_tiny_organism(tmp_path: Path, capsys: pytest.CaptureFixt
     args = parser.parse_args(["organism", "build", "--size", "tiny", "--out", str(tmp_path)])
     assert cli.run(args) == 0
     assert "| base | 0 |" in capsys.readouterr().out
+
+
+def test_cli_max_seeds_below_one_is_a_clear_error(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from mechtests.organism import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_subparser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["organism", "build", "--size", "tiny", "--max-seeds", "0",
+                              "--out", str(tmp_path)])
+    assert cli.run(args) == 2
+    err = capsys.readouterr().err
+    assert "--max-seeds must be >= 1, got 0" in err
+    assert "Fix:" in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_card_records_the_held_out_quiz_of_every_relation(tmp_path: Path) -> None:
+    from mechtests.organism.world import RELATIONS
+
+    result = build(SIZES["tiny"], 0, tmp_path)
+    base = result.card["gates"]["base"]
+    assert set(base["quiz_by_relation"]) == set(RELATIONS)
+    assert all(0.0 <= v <= 1.0 for v in base["quiz_by_relation"].values())
+
+
+def test_max_seeds_does_not_change_the_cache_key() -> None:
+    cfg = SIZES["ci"]
+    assert cfg.replace(max_seeds=1).key() == cfg.key()
+    assert cfg.replace(pre_steps=cfg.pre_steps + 1).key() != cfg.key()
