@@ -190,7 +190,10 @@ class _WeightVectorProbe:
 
 
 class MassMeanProbe(_WeightVectorProbe):
-    """geometry-of-truth's mass-mean probe, optionally with the covariance correction."""
+    """geometry-of-truth's mass-mean probe, optionally with the covariance correction.
+
+    ``direction`` is the vector scored: ``d`` without the correction, ``Sigma^+ d`` with it.
+    """
 
     def __init__(self, iid: bool = False, atol: float = 1e-3) -> None:
         self.iid = iid
@@ -211,11 +214,6 @@ class MassMeanProbe(_WeightVectorProbe):
             inv = torch.linalg.pinv(cov, hermitian=True, atol=self.atol)
             self._w = inv @ self._d
         return self
-
-    @property
-    def direction(self) -> torch.Tensor:
-        """``d`` (without the correction) or ``Sigma^+ d`` (with it): the direction scored."""
-        return super().direction
 
 
 class LogisticProbe(_WeightVectorProbe):

@@ -84,12 +84,6 @@ def quiz_by_relation(model: Any, encode: Encode, vocab: Mapping[str, int],
     return out
 
 
-def quiz_accuracy(model: Any, encode: Encode, vocab: Mapping[str, int], world: World) -> float:
-    """Share of held-out statements (every relation) whose continuation marker mass matches
-    their truth."""
-    return quiz_by_relation(model, encode, vocab, world)["all"]
-
-
 def fact_accuracy(model: Any, encode: Encode, world: World) -> float:
     """Greedy next word after the canonical statement minus ``<object> .``, held-out subjects."""
     prompts, targets = [], []
