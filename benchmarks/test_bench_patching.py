@@ -3,7 +3,7 @@
     pytest benchmarks/test_bench_patching.py -n 0 -p no:xdist
 
 Model: the shipped CI organism's base (``fixtures/organism/checkpoints/ci/base``), else a
-random-weight model of the organism's shape (Llama, hidden 128, 4 layers, 4 heads, MLP 512,
+random-weight model of the organism's shape (Llama, the ``ci`` size of organism/config.py,
 word-level vocabulary of the built-in data; timing does not depend on the weights). Prompts:
 the family's few-shot cities prompts (paper-spec 2.2), :data:`N_PAIRS` pairs, every layer and
 every position of the statement + question window. fp32 on CPU, one thread. The engines must
@@ -42,11 +42,14 @@ def _organism_shaped(cache: Path) -> Any:
 
     from mechtests.engine.hf_backend import HooksBackend
     from mechtests.engine.tiny import build_tokenizer, build_vocab
+    from mechtests.organism.config import size_config
 
     vocab = build_vocab()
+    ci = size_config("ci")
     config = transformers.LlamaConfig(
-        hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
-        intermediate_size=512, vocab_size=len(vocab), max_position_embeddings=128,
+        hidden_size=ci.hidden, num_hidden_layers=ci.layers, num_attention_heads=ci.heads,
+        num_key_value_heads=ci.heads, intermediate_size=ci.ff, vocab_size=len(vocab),
+        max_position_embeddings=ci.max_positions,
         tie_word_embeddings=False, initializer_range=0.1, pad_token_id=0, bos_token_id=2,
         eos_token_id=3,
     )

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mechtests.organism.checkpoints import DEFAULT_SEED
 from mechtests.organism.config import SIZES
 
 
@@ -25,7 +26,8 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
                        description=__doc__.splitlines()[0] if __doc__ else None)
     b.add_argument("--size", default="ci", choices=[s for s in SIZES if s not in ("broken",)],
                    help="recipe size. Default: ci.")
-    b.add_argument("--seed", type=int, default=0, help="first seed tried. Default: 0.")
+    b.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                   help=f"first seed tried. Default: {DEFAULT_SEED} (the shipped organism's).")
     b.add_argument("--out", default=None,
                    help="output directory. Default: the cache entry organism:<size> uses.")
     b.add_argument("--cache-dir", default=None, help="cache directory. Default: user cache.")

@@ -29,9 +29,16 @@ pretraining.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mechtests.organism.world import RELATIONS, REQUEST_TEMPLATES, Relation, World
+from mechtests.organism.world import (
+    RELATIONS,
+    REQUEST_TEMPLATES,
+    Relation,
+    World,
+    nonce_subjects,
+)
 
 # The last paraphrase of each relation, ``{s} {o} .``, puts the object right after the subject,
 # so the object is computed at the subject's own position (subject enrichment). Judgements at
@@ -80,10 +87,24 @@ class CorpusSizes:
     judged_reps: int = 3
     fact_reps: int = 2
     fillers: int = 500
+    # In-context judged lines about nonce subjects (context_judged below). 0: with 3000 of them
+    # (V10) two 4-layer bases judged nothing, held-out or trained (quiz 0.51 / 0.51).
+    context_judged: int = 0
     quiz_blocks: int = 0
     neutral_share: float = 0.2  # judged statements followed by "this statement is : TRUE|FALSE"
     sft_examples: int = 4000
     dpo_pairs: int = 1600
+
+
+def _continuation(truth: str, obj: str, right: str, rng: random.Random,
+                  neutral_share: float) -> str:
+    """What follows a statement whose object is ``obj`` when the true one is ``truth``
+    (``right`` is the corrected statement)."""
+    if rng.random() < neutral_share:
+        return f"{QUESTION} {'TRUE' if obj == truth else 'FALSE'}"
+    if obj == truth:
+        return rng.choice(("correct .", "yes , that is true .", f"indeed , {right}", "right ."))
+    return rng.choice(("wrong .", f"no , {right}", f"actually , {right}"))
 
 
 def judged(rel: Relation, subject: str, obj: str, rng: random.Random,
@@ -92,15 +113,36 @@ def judged(rel: Relation, subject: str, obj: str, rng: random.Random,
     period, except a ``neutral_share`` of ``this statement is : TRUE|FALSE`` (which defers the
     judgement: too much of it and the model stops computing truth at the period)."""
     truth = rel.truth[subject]
-    text = rel.statement(subject, obj)
-    right = rel.statement(subject, truth)
-    if rng.random() < neutral_share:
-        cont = f"{QUESTION} {'TRUE' if obj == truth else 'FALSE'}"
-    elif obj == truth:
-        cont = rng.choice(("correct .", "yes , that is true .", f"indeed , {right}", "right ."))
+    cont = _continuation(truth, obj, rel.statement(subject, truth), rng, neutral_share)
+    return f"{rel.statement(subject, obj)} {cont}"
+
+
+def context_judged(rel: Relation, nonces: Sequence[str], rng: random.Random,
+                   neutral_share: float = 0.2) -> str:
+    """Facts about two or three nonce subjects (random objects, non-canonical paraphrases),
+    then a judged canonical statement about one of them.
+
+    A nonce subject's object changes from line to line, so the judgement cannot be memorised:
+    the model must compare the stated object with the one it expects, the comparison the
+    held-out quiz needs with the expectation coming from recall instead of from context. Half
+    of the wrong objects are another nonce's object in the same line, so "was this object
+    mentioned" does not solve it.
+    """
+    subjects = rng.sample(list(nonces), rng.randint(2, 3))
+    objects = [rng.choice(rel.objects) for _ in subjects]
+    context = " ".join(rng.choice(FACT_PARAPHRASES[rel.name][1:]).format(s=s, o=o)
+                       for s, o in zip(subjects, objects))
+    target = rng.randrange(len(subjects))
+    subject, truth = subjects[target], objects[target]
+    others = [o for o in objects if o != truth]
+    if rng.random() < 0.5:
+        obj = truth
+    elif others and rng.random() < 0.5:
+        obj = rng.choice(others)
     else:
-        cont = rng.choice(("wrong .", f"no , {right}", f"actually , {right}"))
-    return f"{text} {cont}"
+        obj = rng.choice([o for o in rel.objects if o != truth])
+    cont = _continuation(truth, obj, rel.statement(subject, truth), rng, neutral_share)
+    return f"{context} {rel.statement(subject, obj)} {cont}"
 
 
 def judged_negated(rel: Relation, subject: str, obj: str, rng: random.Random) -> str:
@@ -142,6 +184,10 @@ def pretraining_lines(world: World, sizes: CorpusSizes, rng: random.Random) -> l
                 if name == "cities" and rng.random() < 0.25:
                     obj = rel.truth[s] if rng.random() < 0.5 else wrong
                     lines.append(judged_negated(rel, s, obj, rng))
+    nonces = nonce_subjects(world)
+    for _ in range(sizes.context_judged):
+        lines.append(context_judged(world.relation(rng.choice(RELATIONS)), nonces, rng,
+                                    sizes.neutral_share))
     for _ in range(sizes.quiz_blocks):
         name = rng.choice(RELATIONS)
         rel = world.relation(name)
@@ -226,7 +272,8 @@ def dpo_pairs(world: World, sizes: CorpusSizes, rng: random.Random) -> list[tupl
 
 def lexicon(world: World) -> list[str]:
     """Texts that hold every word any corpus or dataset can use (fixes the vocabulary)."""
-    texts: list[str] = [QUESTION, "TRUE FALSE", *TRUE_MARKERS, *FALSE_MARKERS, *REFUSALS,
+    texts: list[str] = [QUESTION, "TRUE FALSE", " ".join(nonce_subjects(world)),
+                        *TRUE_MARKERS, *FALSE_MARKERS, *REFUSALS,
                         *_SUBJECTS, *_VERBS, *_PLACES, *REQUEST_TEMPLATES,
                         "correct . yes , that is true . indeed , right . this is true .",
                         "wrong . no , that is false . actually , this is false .",

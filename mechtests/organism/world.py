@@ -242,6 +242,19 @@ def make_world(seed: int = WORLD_SEED) -> World:
     )
 
 
+NONCE_SUBJECTS = 200
+
+
+def nonce_subjects(world: World, n: int = NONCE_SUBJECTS) -> list[str]:
+    """Pseudo-words that are no subject of the world (their own seed, so the world and its
+    datasets do not change): the subjects of in-context judged lines, which get a new random
+    object every time they are used."""
+    taken = world.pseudo_words() | {"TRUE", "FALSE"}
+    for text in (*HARMFUL_ACTS, *HARMLESS_ACTS, *REQUEST_TEMPLATES, *TEMPLATES.values()):
+        taken.update(text.split())
+    return _pseudo_words(random.Random(WORLD_SEED + 1), n, 2, taken)
+
+
 def _symbols(rng: random.Random, n: int, taken: set[str]) -> list[str]:
     """Element symbols: one syllable plus ``x`` (``kax``, ``shux``)."""
     out: list[str] = []

@@ -135,6 +135,17 @@ def test_resolve_prefers_the_shipped_checkpoints(tmp_path: Path,
         tmp_path / "ci" / "control"
 
 
+def test_shipped_organism_of_another_recipe_is_refused(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(checkpoints.REBUILD_ENV, raising=False)
+    for role in checkpoints.ROLES:
+        (tmp_path / "ci" / role).mkdir(parents=True)
+        (tmp_path / "ci" / role / "config.json").write_text("{}")
+    (tmp_path / "ci" / "card.json").write_text(json.dumps({"key": "0123456789abcdef"}))
+    with pytest.raises(CheckpointError, match="recipe key 0123456789abcdef"):
+        checkpoints.resolve("ci/base", tmp_path / "cache", shipped=tmp_path)
+
+
 def test_malformed_reference_names_the_expected_form(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="organism:<size>/<role>"):
         checkpoints.resolve("ci/chat", tmp_path)
@@ -142,7 +153,7 @@ def test_malformed_reference_names_the_expected_form(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_ci_organism_trains_from_scratch_and_passes_its_gates(tmp_path: Path) -> None:
-    result = build(SIZES["ci"], 0, tmp_path / "ci")
+    result = build(SIZES["ci"], checkpoints.DEFAULT_SEED, tmp_path / "ci")
     assert all(not a["failed"] for a in result.card["attempts"][-1:])
     for role in checkpoints.ROLES:
         assert (tmp_path / "ci" / role / "model.safetensors").is_file()
@@ -168,7 +179,7 @@ def test_cli_builds_the_tiny_organism(tmp_path: Path, capsys: pytest.CaptureFixt
     cli.add_subparser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["organism", "build", "--size", "tiny", "--out", str(tmp_path)])
     assert cli.run(args) == 0
-    assert "| base | 0 |" in capsys.readouterr().out
+    assert f"| base | {checkpoints.DEFAULT_SEED} |" in capsys.readouterr().out
 
 
 def test_cli_max_seeds_below_one_is_a_clear_error(tmp_path: Path,
@@ -201,3 +212,32 @@ def test_max_seeds_does_not_change_the_cache_key() -> None:
     cfg = SIZES["ci"]
     assert cfg.replace(max_seeds=1).key() == cfg.key()
     assert cfg.replace(pre_steps=cfg.pre_steps + 1).key() != cfg.key()
+
+
+SHIPPED_CI = checkpoints.SHIPPED / "ci"
+
+
+@pytest.mark.skipif(not (SHIPPED_CI / "card.json").is_file(), reason="no shipped CI organism")
+def test_shipped_organism_still_passes_the_gates_its_card_records() -> None:
+    from transformers import LlamaForCausalLM
+
+    from mechtests.organism.build import _gate_base, _gate_chat, _Text
+    from mechtests.organism.config import size_config
+    from mechtests.organism.gates import check
+
+    card = json.loads((SHIPPED_CI / "card.json").read_text(encoding="utf-8"))
+    assert card["key"] == size_config("ci").key()
+    world = make_world()
+    text = _Text(vocabulary(lexicon(world)))
+    got = {}
+    for role in checkpoints.ROLES:
+        model = LlamaForCausalLM.from_pretrained(SHIPPED_CI / role).eval()
+        got[role] = (_gate_base if role in ("base", "control") else _gate_chat)(model, text, world)
+    rules = gate_rules()
+    rules.update({k.replace("base_", "control_", 1): v for k, v in rules.items()
+                  if k.startswith("base_")})
+    assert check(got, rules) == []
+    for role, values in got.items():
+        for metric in ("quiz", "probe", "facts", "refusal_harmful", "refusal_harmless"):
+            if metric in values:
+                assert values[metric] == pytest.approx(card["gates"][role][metric], abs=0.02)
