@@ -125,22 +125,24 @@ def test_resolve_builds_once_then_reuses_the_cache(tmp_path: Path,
     assert (path / "model.safetensors").stat().st_mtime_ns == stamp
 
 
-def test_resolve_prefers_the_shipped_checkpoints(tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def _fake_shipped(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Four role directories with a config.json each under ``root/ci``; no rebuild override."""
     monkeypatch.delenv(checkpoints.REBUILD_ENV, raising=False)
     for role in checkpoints.ROLES:
-        (tmp_path / "ci" / role).mkdir(parents=True)
-        (tmp_path / "ci" / role / "config.json").write_text("{}")
+        (root / "ci" / role).mkdir(parents=True)
+        (root / "ci" / role / "config.json").write_text("{}")
+
+
+def test_resolve_prefers_the_shipped_checkpoints(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_shipped(tmp_path, monkeypatch)
     assert checkpoints.resolve("ci/control", tmp_path / "cache", shipped=tmp_path) == \
         tmp_path / "ci" / "control"
 
 
 def test_shipped_organism_of_another_recipe_is_refused(tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(checkpoints.REBUILD_ENV, raising=False)
-    for role in checkpoints.ROLES:
-        (tmp_path / "ci" / role).mkdir(parents=True)
-        (tmp_path / "ci" / role / "config.json").write_text("{}")
+    _fake_shipped(tmp_path, monkeypatch)
     (tmp_path / "ci" / "card.json").write_text(json.dumps({"key": "0123456789abcdef"}))
     with pytest.raises(CheckpointError, match="recipe key 0123456789abcdef"):
         checkpoints.resolve("ci/base", tmp_path / "cache", shipped=tmp_path)
