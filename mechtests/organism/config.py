@@ -4,7 +4,7 @@
 steps, DPO 100 steps) with these changes, each measured in ``fixtures/organism/README.md``:
 pretraining windows are 96 tokens from line starts (batch 24, about the study's tokens per
 step) so the paper's 4-shot prompt lies inside the trained context; 3000 pretraining steps and
-weight decay 0.2; and **6 layers** instead of 4 (V11: with 4 layers no run of 27 passed the
+weight decay 0.2; and **6 layers** instead of 4 (V11: with 4 layers no run of 29 passed the
 base gates, quiz 0.49-0.748; with 6 layers, seeds 1 and 2 reached 0.88 and 0.67 on the same
 corpus, probes at the last block). Whether a seed passes is still chaotic in the seed, so
 builds gate and retry (``max_seeds``). ``gpu`` is a larger organism for machines with an
