@@ -195,13 +195,19 @@ def _relation(name: str, pairs: list[tuple[str, str]], objects: tuple[str, ...],
     return Relation(name, tuple(pairs), objects, frozenset(heldout))
 
 
-def make_world(seed: int = WORLD_SEED) -> World:
-    """Build the world deterministically from ``seed``."""
-    rng = random.Random(seed)
+def _reserved_words() -> set[str]:
+    """Real words of the world's texts, which no generated pseudo-word may be."""
     taken: set[str] = set(INVENTIONS) | set(MEANINGS) | set(COLORS) | set(ANIMAL_CLASSES)
     for text in (*HARMFUL_ACTS, *HARMLESS_ACTS, *REQUEST_TEMPLATES, *TEMPLATES.values()):
         taken.update(text.split())
     taken.update(("sorry", "sure", "here", "yes", "no", "true", "false", "correct", "wrong"))
+    return taken
+
+
+def make_world(seed: int = WORLD_SEED) -> World:
+    """Build the world deterministically from ``seed``."""
+    rng = random.Random(seed)
+    taken = _reserved_words()
 
     countries = tuple(_pseudo_words(rng, 12, 3, taken))
     cities = _pseudo_words(rng, len(countries) * CITIES_PER_COUNTRY, 2, taken)
@@ -249,9 +255,7 @@ def nonce_subjects(world: World, n: int = NONCE_SUBJECTS) -> list[str]:
     """Pseudo-words that are no subject of the world (their own seed, so the world and its
     datasets do not change): the subjects of in-context judged lines, which get a new random
     object every time they are used."""
-    taken = world.pseudo_words() | {"TRUE", "FALSE"}
-    for text in (*HARMFUL_ACTS, *HARMLESS_ACTS, *REQUEST_TEMPLATES, *TEMPLATES.values()):
-        taken.update(text.split())
+    taken = _reserved_words() | world.pseudo_words() | {"TRUE", "FALSE"}
     return _pseudo_words(random.Random(WORLD_SEED + 1), n, 2, taken)
 
 
