@@ -71,8 +71,11 @@ class Backend(Protocol):
         """Tokenize with left padding onto the model's device."""
         ...
 
-    def forward(self, batch: Batch, hooks: Sequence[Hook] = ()) -> torch.Tensor:
-        """Run the batch with ``hooks`` active; return float32 logits [batch, pos, vocab]."""
+    def forward(self, batch: Batch, hooks: Sequence[Hook] = (),
+                last_only: bool = False) -> torch.Tensor:
+        """Run the batch with ``hooks`` active; return float32 logits [batch, pos, vocab], or
+        with ``last_only`` [batch, 1, vocab] for the last position (the unembedding is then
+        skipped elsewhere: at a 128k vocabulary it is most of a short prompt's FLOPs)."""
         ...
 
     def cache(

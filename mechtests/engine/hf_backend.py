@@ -139,11 +139,13 @@ class HooksBackend(HFBackendBase):
             return block.register_forward_pre_hook(end)
         return block.register_forward_hook(end)
 
-    def _call(self, batch: Batch, stop: StopAt | None) -> torch.Tensor | None:
+    def _call(self, batch: Batch, stop: StopAt | None,
+              last_only: bool = False) -> torch.Tensor | None:
         out = self.model(
             input_ids=batch.input_ids,
             attention_mask=batch.attention_mask,
             position_ids=self.position_ids(batch),
             use_cache=False,
+            logits_to_keep=1 if last_only else 0,
         )
         return out.logits  # type: ignore[no-any-return]

@@ -91,8 +91,10 @@ class HFBackendBase:
         :class:`StopForward`)."""
         raise NotImplementedError
 
-    def _call(self, batch: Batch, stop: StopAt | None) -> torch.Tensor | None:
-        """One forward of ``batch``; logits, or None when stopped early."""
+    def _call(self, batch: Batch, stop: StopAt | None,
+              last_only: bool = False) -> torch.Tensor | None:
+        """One forward of ``batch``; logits (of the last position only with ``last_only``),
+        or None when stopped early."""
         raise NotImplementedError
 
     def _generation_model(self) -> Any:
@@ -115,10 +117,12 @@ class HFBackendBase:
         mask = batch.attention_mask.long()
         return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
 
-    def forward(self, batch: Batch, hooks: Sequence[Hook] = ()) -> torch.Tensor:
-        """Run ``batch`` with ``hooks`` active; float32 logits [batch, pos, vocab]."""
+    def forward(self, batch: Batch, hooks: Sequence[Hook] = (),
+                last_only: bool = False) -> torch.Tensor:
+        """Run ``batch`` with ``hooks`` active; float32 logits [batch, pos, vocab] or, with
+        ``last_only``, [batch, 1, vocab]."""
         with torch.no_grad(), self._installed(self._site_fns(hooks), None):
-            logits = self._call(batch, None)
+            logits = self._call(batch, None, last_only)
         assert logits is not None
         return logits.float()
 

@@ -81,7 +81,8 @@ class BridgeBackend(HFBackendBase):
         ordered = sorted(fns_by_site, key=lambda s: parse_site(s, self.n_layers))
         return [(site, _tl_hook(site, fns_by_site[site])) for site in ordered]
 
-    def _call(self, batch: Batch, stop: StopAt | None) -> torch.Tensor | None:
+    def _call(self, batch: Batch, stop: StopAt | None,
+              last_only: bool = False) -> torch.Tensor | None:
         # The bridge's stop_at_layer=k fires block k's hook_resid_pre, then stops.
         stop_at = None if stop is None else (stop.layer if stop.before else stop.layer + 1)
         if stop_at is not None and stop_at >= self.n_layers:
@@ -93,7 +94,10 @@ class BridgeBackend(HFBackendBase):
             return_type="logits",
             stop_at_layer=stop_at,
         )
-        return None if stop_at is not None else out  # type: ignore[no-any-return]
+        if stop_at is not None:
+            return None
+        # The bridge has no logits_to_keep: it unembeds every position, we keep the last.
+        return out[:, -1:] if last_only else out  # type: ignore[no-any-return]
 
     def release(self) -> None:
         """Drop the bridge and the weights."""

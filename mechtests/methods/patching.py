@@ -134,7 +134,8 @@ def clean_logit_diffs(
     """Unpatched ``LD`` at the last token of each prompt, float64 ``[prompt]``."""
     out = []
     for start in range(0, len(prompts), batch_size):
-        logits = backend.forward(backend.tokenize(prompts[start : start + batch_size]))
+        logits = backend.forward(backend.tokenize(prompts[start : start + batch_size]),
+                                  last_only=True)
         out.append(_ld(logits[:, -1], readout))
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
@@ -175,7 +176,8 @@ def patch_loop(
             for j in range(width - wids[i], width):
                 pos = torch.tensor([length - (width - j)])
                 hook = _set_rows(torch.tensor([0]), pos, source[layer][i, j][None])
-                logits = backend.forward(batch, [(site_name(layer, "hook_resid_post"), hook)])
+                logits = backend.forward(batch, [(site_name(layer, "hook_resid_post"), hook)],
+                                         last_only=True)
                 ld[i, layer, j] = _ld(logits[0, -1], readout)
     return ld
 
@@ -237,7 +239,7 @@ def patch_sweep(
                 cols = torch.tensor([length - (width - row[3]) for _, row in mine])
                 vals = torch.stack([source[layer][row[1], row[3]] for _, row in mine])
                 hooks.append((site_name(layer, "hook_resid_post"), _set_rows(rr, cols, vals)))
-            logits = backend.forward(sub, hooks)
+            logits = backend.forward(sub, hooks, last_only=True)
             values = _ld(logits[:, -1], readout)
             for r, (_, i, layer, j) in enumerate(chunk):
                 ld[i, layer, j] = values[r]

@@ -127,7 +127,7 @@ def patch_suffix(
                        for i in range(n_layers)]
             try:
                 with torch.no_grad():
-                    out = model(input_ids=ids, use_cache=True)
+                    out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
             finally:
                 for h in handles:
                     h.remove()

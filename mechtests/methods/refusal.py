@@ -220,7 +220,7 @@ def _last_logits(
     parts = []
     for start in range(0, len(prompts), batch_size):
         batch = backend.tokenize(prompts[start : start + batch_size])
-        parts.append(backend.forward(batch, hooks)[:, -1, :].float().cpu())
+        parts.append(backend.forward(batch, hooks, last_only=True)[:, -1, :].float().cpu())
     return torch.cat(parts)
 
 

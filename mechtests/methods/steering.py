@@ -183,7 +183,7 @@ def p_diff(
     for start in range(0, len(prompts), batch_size):
         batch = backend.tokenize(list(prompts[start : start + batch_size]))
         with torch.no_grad():
-            logits = backend.forward(batch, hooks=hooks)[:, -1, :].to(torch.float32)
+            logits = backend.forward(batch, hooks=hooks, last_only=True)[:, -1, :].to(torch.float32)
         probs = logits.softmax(-1)
         out.append((probs[:, true_id] - probs[:, false_id]).to(torch.float64).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0)

@@ -98,6 +98,19 @@ def test_backends_agree_after_an_edit_at_each_site(
                                rtol=0)
 
 
+def test_last_only_logits_are_the_last_position_of_the_full_logits(
+    pair: tuple[Backend, Backend]
+) -> None:
+    batch = pair[0].tokenize(PROMPTS)
+    v = offset(pair[0].d_model)
+    hooks = [(site_name(0, "hook_resid_post"), lambda x: x + v.to(x))]
+    for backend in pair:
+        last = backend.forward(batch, hooks, last_only=True)
+        assert last.shape == (len(PROMPTS), 1, last.shape[-1])
+        torch.testing.assert_close(last, backend.forward(batch, hooks)[:, -1:], atol=ATOL,
+                                   rtol=0)
+
+
 def test_resid_mid_edit_reaches_the_residual_stream(pair: tuple[Backend, Backend]) -> None:
     for backend in pair:
         batch = backend.tokenize(PROMPTS)

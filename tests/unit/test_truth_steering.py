@@ -58,7 +58,8 @@ class WordBackend:
         sign = {"yes": 1.0, "no": -1.0}.get(word, 0.0)
         return sign * self.truth + 0.01 * torch.tensor([0.0, 1.0, 0.0, 0.0]) * token
 
-    def forward(self, batch: Batch, hooks: Sequence[Hook] = ()) -> torch.Tensor:
+    def forward(self, batch: Batch, hooks: Sequence[Hook] = (),
+                last_only: bool = False) -> torch.Tensor:
         act = torch.stack([torch.stack([self.embed(int(t)) for t in row])
                            for row in batch.input_ids]) * batch.attention_mask[..., None]
         for site, fn in hooks:
