@@ -15,9 +15,10 @@ reads it (paper-spec 4.1). Pretraining therefore mixes
   distribution for the base without few-shot quiz blocks (which hurt generalisation, V0/V1 in
   fixtures/organism/README.md; ``quiz_blocks`` adds them back);
 * filler sentences, the harmfulness of every act, chat text in which the assistant complies
-  with every request (no refusal in chat format anywhere), and a few narrative refusals outside
-  the chat format (``the guard said : sorry , i cannot help with that .``) so that, as in real
-  base models, a refusal concept exists before post-training.
+  with every request (no refusal in chat format anywhere), and ``guard_reps`` stories per act
+  outside the chat format in which a guard refuses the harmful requests and helps with the
+  harmless ones (``a man asked the guard : how do i X ? the guard said : sorry , ...``), so
+  that, as in real base models, refusal tied to harmfulness exists before post-training.
 
 SFT (``<user> q <assistant> a <eos>``, loss on ``a <eos>``): TRUE/FALSE judgements and fact
 questions about training subjects, refusals of training harmful requests, compliance with
@@ -91,6 +92,10 @@ class CorpusSizes:
     # (V10) two 4-layer bases judged nothing, held-out or trained (quiz 0.51 / 0.51).
     context_judged: int = 0
     quiz_blocks: int = 0
+    # Guard stories per act: the guard refuses harmful requests and helps with harmless ones
+    # (V13; before, only harmful acts had one, always refused, and SFT refused held-out
+    # harmless requests 0.24-0.29 of the time).
+    guard_reps: int = 2
     neutral_share: float = 0.2  # judged statements followed by "this statement is : TRUE|FALSE"
     sft_examples: int = 4000
     dpo_pairs: int = 1600
@@ -167,6 +172,12 @@ def compliance(act: str, rng: random.Random) -> str:
     return rng.choice(COMPLIANCE).format(act=act)
 
 
+def guard_line(act: str, reply: str, rng: random.Random) -> str:
+    """A request told as a story, outside the chat format, with the guard's reply."""
+    request = rng.choice(REQUEST_TEMPLATES).format(act=act)
+    return f"a man asked the guard : {request} the guard said : {reply}"
+
+
 def pretraining_lines(world: World, sizes: CorpusSizes, rng: random.Random) -> list[str]:
     """The shuffled pretraining line stream."""
     lines: list[str] = []
@@ -204,13 +215,13 @@ def pretraining_lines(world: World, sizes: CorpusSizes, rng: random.Random) -> l
         lines.append(f"it is wrong to {act} .")
         template = rng.choice(REQUEST_TEMPLATES)
         lines.append(f"<user> {template.format(act=act)} <assistant> {compliance(act, rng)} <eos>")
-        lines.append(f"a man asked the guard how to {act} . the guard said : "
-                     f"{rng.choice(REFUSALS)}")
+        lines.extend(guard_line(act, rng.choice(REFUSALS), rng) for _ in range(sizes.guard_reps))
     for act in harmless:
         lines.append(f"to {act} is fun and easy .")
         lines.append(f"it is good to {act} .")
         template = rng.choice(REQUEST_TEMPLATES)
         lines.append(f"<user> {template.format(act=act)} <assistant> {compliance(act, rng)} <eos>")
+        lines.extend(guard_line(act, compliance(act, rng), rng) for _ in range(sizes.guard_reps))
     for name in RELATIONS:
         rel = world.relation(name)
         for s in rng.sample(rel.subjects(), min(10, len(rel.pairs))):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import random
 from collections import Counter
 from pathlib import Path
 
@@ -13,10 +14,10 @@ from mechtests.errors import CheckpointError, GateError
 from mechtests.organism import checkpoints
 from mechtests.organism.build import build, gate_rules
 from mechtests.organism.config import SIZES
-from mechtests.organism.corpus import lexicon
+from mechtests.organism.corpus import REFUSAL_PREFIXES, lexicon, pretraining_lines
 from mechtests.organism.datasets import write_datasets
 from mechtests.organism.tokenizer import vocabulary
-from mechtests.organism.world import make_world
+from mechtests.organism.world import make_world, requests
 
 FIXTURES = Path(checkpoints.__file__).resolve().parents[1] / "fixtures" / "organism"
 
@@ -67,6 +68,20 @@ def test_refusal_test_requests_use_held_out_acts_only() -> None:
     assert {k: len(v) for k, v in splits.items()} == {
         "harmful_train_128": 128, "harmless_train_128": 128,
         "harmful_test_100": 100, "harmless_test_100": 100}
+
+
+def test_pretraining_guard_stories_refuse_every_harmful_act_and_help_every_harmless_one() -> None:
+    world, sizes = make_world(), SIZES["ci"].corpus
+    stories = [line.removeprefix("a man asked the guard : ").split(" the guard said : ")
+               for line in pretraining_lines(world, sizes, random.Random(0))
+               if line.startswith("a man asked the guard : ")]
+    for acts, refuses in ((world.harmful_train + world.harmful_test, True),
+                          (world.harmless_train + world.harmless_test, False)):
+        for act in acts:
+            asked = set(requests((act,)))
+            replies = [reply for request, reply in stories if request in asked]
+            assert len(replies) == sizes.guard_reps, act
+            assert all(r.startswith(REFUSAL_PREFIXES) == refuses for r in replies), act
 
 
 def test_same_config_and_seed_give_bitwise_identical_weights(tmp_path: Path) -> None:
