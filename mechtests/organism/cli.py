@@ -34,7 +34,7 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
     b.add_argument("--device", default="cpu", help="torch device. Default: cpu.")
     b.add_argument("--max-seeds", type=int, default=None,
                    help="how many seeds (seed, seed+1, ...) to try per role before failing. "
-                        "Default: the size's max_seeds (3 for ci).")
+                        "Default: the size's max_seeds (4 for ci).")
     b.add_argument("--part", default="all", choices=["all", "chain", "control"],
                    help="build only base/SFT/instruct (chain) or only the control base, e.g. in "
                         "two parallel processes with the same --out. Default: all.")
