@@ -28,7 +28,9 @@ def judge(measurement: Measurement, spec: ThresholdSpec) -> Judgement:
     """The verdict for ``measurement`` under ``spec`` and a one-line reason."""
     metric = measurement.metric
     if metric is None or math.isnan(metric):
-        return Judgement(Verdict.ERROR, "metric is NaN", float("nan"))
+        note = measurement.details.get("note")
+        reason = f"metric is NaN: {note}" if note else "metric is NaN"
+        return Judgement(Verdict.ERROR, reason, float("nan"))
     geq = spec.op == ">="
     bound = metric
     from_interval = spec.uses_interval and measurement.interval is not None

@@ -36,3 +36,10 @@ def test_a_missing_control_is_an_error_not_a_pass() -> None:
 
 def test_a_nan_metric_is_an_error() -> None:
     assert judge(Measurement(float("nan"), 0.0, "ctl"), HIGH).verdict is Verdict.ERROR
+
+
+def test_an_undefined_metric_is_an_error_that_gives_the_measurement_s_reason() -> None:
+    why = "base refuses none of the harmful test prompts: nothing to ablate"
+    result = judge(Measurement(float("nan"), 0.1, "ctl", details={"note": why}), HIGH)
+    assert result.verdict is Verdict.ERROR
+    assert result.message == f"metric is NaN: {why}"
