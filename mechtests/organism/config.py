@@ -4,10 +4,10 @@
 steps, DPO 100 steps) with these changes, each measured in ``fixtures/organism/README.md``:
 pretraining windows are 96 tokens from line starts (batch 24, about the study's tokens per
 step) so the paper's 4-shot prompt lies inside the trained context; 3000 pretraining steps and
-weight decay 0.2; **8 layers** instead of 4 (with 4 layers no run of 29 passed the base gates,
-quiz 0.49-0.748; with 6 layers 1 of 8 draws passed; with 8 layers 2 of 3, V12); and guard stories
-for every act in pretraining (V13, corpus.CorpusSizes.guard_reps). Whether a seed passes is
-still chaotic in the seed, so builds gate and retry (``max_seeds``). ``gpu`` is a larger
+weight decay 0.2; **8 layers** instead of 4 (with 4 layers no run of 29 passed the base
+gates, quiz 0.49-0.748; with 6 layers 1 of 8 draws passed; with 8 layers 4 of 8, V12 and V13);
+and guard stories for every act in pretraining (V13, corpus.CorpusSizes.guard_reps). Whether a
+seed passes is still chaotic in the seed, so builds gate and retry (``max_seeds``). ``gpu`` is a larger
 organism for machines with an accelerator. ``tiny`` and ``broken`` exist for tests: a
 seconds-long build, and a deliberately undertrained one that must fail its gates.
 """
