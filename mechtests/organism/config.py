@@ -7,8 +7,8 @@ step) so the paper's 4-shot prompt lies inside the trained context; 3000 pretrai
 weight decay 0.2; **8 layers** instead of 4 (with 4 layers no run of 29 passed the base
 gates, quiz 0.49-0.748; with 6 layers 1 of 8 draws passed; with 8 layers 4 of 8, V12 and V13);
 and guard stories for every act in pretraining (V13, corpus.CorpusSizes.guard_reps). Whether a
-seed passes is still chaotic in the seed, so builds gate and retry (``max_seeds``). ``gpu`` is a larger
-organism for machines with an accelerator. ``tiny`` and ``broken`` exist for tests: a
+seed passes is still chaotic in the seed, so builds gate and retry (``max_seeds``). ``gpu`` is
+a larger organism for machines with an accelerator. ``tiny`` and ``broken`` exist for tests: a
 seconds-long build, and a deliberately undertrained one that must fail its gates.
 """
 
