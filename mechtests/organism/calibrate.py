@@ -16,8 +16,10 @@ claims are scored on:
   layer).
 * ``refusal.addition_coefs``: per role, the smallest coefficient of a grid for which adding the
   role's own unit direction at the chosen layer (pre/mid/post, as the paper) makes >= 0.9 of 32
-  training harmless requests refused; roles that never refuse within the grid get the instruct
-  coefficient. ``subtraction_coef`` = the instruct coefficient.
+  training harmless requests refused, each role in its own template from families.yaml (the
+  bases in the guard-story frame, the post-trained roles in the chat template); roles that
+  never refuse within the grid get the instruct coefficient. ``subtraction_coef`` = the
+  instruct coefficient. The site sweep runs the instruct model in its chat template.
 
 Run: ``python -m mechtests.organism.calibrate DIR`` (DIR holds base/sft/instruct/control).
 """
@@ -39,6 +41,7 @@ DATASETS = Path(__file__).resolve().parents[1] / "fixtures" / "organism" / "data
 COEF_GRID = (1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0)
 N_EVAL = 32
 KINDS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post")
+CHAT = "<user> {instruction} <assistant>"  # the post-trained roles' template
 
 
 def truth_layers(path: Path) -> dict[str, Any]:
@@ -65,8 +68,15 @@ def _splits() -> dict[str, list[str]]:
     return {k: list(v) for k, v in data.items()}
 
 
-def _prompts(items: list[str]) -> list[str]:
-    return [f"<user> {i} <assistant>" for i in items]
+def _templates() -> dict[str, str]:
+    """Each role's refusal template from the organism family data (families.yaml)."""
+    from mechtests.families import load_families
+
+    return dict(load_families()["organism"].refusal.templates)
+
+
+def _prompts(items: list[str], template: str = CHAT) -> list[str]:
+    return [template.format(instruction=i) for i in items]
 
 
 def _rate(backend: Any, prompts: list[str], hooks: list[Any]) -> float:
@@ -75,10 +85,10 @@ def _rate(backend: Any, prompts: list[str], hooks: list[Any]) -> float:
 
 
 def _direction(backend: Any, layer: int, pos: int, harmful: list[str],
-               harmless: list[str]) -> torch.Tensor:
+               harmless: list[str], template: str = CHAT) -> torch.Tensor:
     site = f"blocks.{layer}.hook_resid_pre"
-    a = backend.cache(backend.tokenize(_prompts(harmful)), [site], [pos])[site][:, 0]
-    b = backend.cache(backend.tokenize(_prompts(harmless)), [site], [pos])[site][:, 0]
+    a = backend.cache(backend.tokenize(_prompts(harmful, template)), [site], [pos])[site][:, 0]
+    b = backend.cache(backend.tokenize(_prompts(harmless, template)), [site], [pos])[site][:, 0]
     return a.mean(0) - b.mean(0)
 
 
@@ -91,7 +101,6 @@ def refusal_site(root: Path) -> dict[str, Any]:
     harmful, harmless = sp["harmful_train_128"], sp["harmless_train_128"]
     inst = load_backend(root / "instruct", device="cpu")
     eval_harmful = _prompts(harmful[::4][:N_EVAL])
-    eval_harmless = _prompts(harmless[::4][:N_EVAL])
     sweep = []
     for layer in range(1, inst.n_layers):
         for pos in (-1, -2):
@@ -102,14 +111,16 @@ def refusal_site(root: Path) -> dict[str, Any]:
     layer, pos = int(best["layer"]), int(best["pos"])
     inst.release()
     coefs: dict[str, Any] = {}
+    templates = _templates()
     for role in ("instruct", "sft", "base", "control"):
         backend = load_backend(root / role, device="cpu")
-        r = _direction(backend, layer, pos, harmful, harmless)
-        baseline = _rate(backend, eval_harmless, [])
+        r = _direction(backend, layer, pos, harmful, harmless, templates[role])
+        role_harmless = _prompts(harmless[::4][:N_EVAL], templates[role])
+        baseline = _rate(backend, role_harmless, [])
         found = None
         rates = {}
         for c in COEF_GRID:
-            rates[c] = _rate(backend, eval_harmless, addition_hooks(r, layer, c, KINDS))
+            rates[c] = _rate(backend, role_harmless, addition_hooks(r, layer, c, KINDS))
             if rates[c] >= 0.9:
                 found = c
                 break
