@@ -1,16 +1,19 @@
 """Analytic FLOP counting for ``mechtests bench``, driven by the tokens that actually run.
 
-Per decoder-layer call with ``b x q`` query tokens attending to ``k`` keys:
+Every linear layer inside the decoder layers counts ``2 x in x out`` per row it is called on
+(a pre-hook on each ``nn.Linear``, so code that calls a block's projections directly, as the
+suffix patching engine does for the last block, is counted too). Per decoder-layer call with
+``b x q`` query tokens attending to ``k`` keys, the attention scores add
 
-    2 x P_layer x b x q                       (every linear weight of the layer, once per token)
-  + 4 x b x q x k x n_heads x head_dim        (QK^T and AV, the full b x q x k score block)
+    4 x b x q x k x n_heads x head_dim        (QK^T and AV, the full b x q x k score block)
 
-and per row projected onto the vocabulary ``2 x vocab x d_model``. ``P_layer`` counts the
-layer's matrices (norm gains and biases are negligible and left out). ``k`` is the attention
-mask's key length (eager attention always builds a 4-D mask), so padding, cached prefixes (the
-suffix patching engine, KV-cached generation) and the causal upper triangle are all counted:
-this is the work issued, not the minimal work. Gemma-2's sliding-window layers are counted as
-full attention (the window is 4096 tokens, longer than every prompt here).
+and per row projected onto the vocabulary ``2 x vocab x d_model``. Norm gains and biases are
+negligible and left out. ``k`` is the attention mask's key length (a 4-D mask) or the cached
+prefix plus ``q``, so padding, cached prefixes (the suffix patching engine, KV-cached
+generation) and the causal upper triangle are all counted: this is the work issued, not the
+minimal work. The suffix engine's last-block attention (one query per row) is not a layer call
+and is left out (under 1% of its FLOPs). Gemma-2's sliding-window layers are counted as full
+attention (the window is 4096 tokens, longer than every prompt here).
 
 Reference peaks (dense bf16 tensor-core FLOP/s, vendor datasheets) are in
 :data:`DATASHEET_BF16`; elsewhere (CPU, unknown GPUs) :func:`measured_matmul_peak` times a
@@ -65,9 +68,18 @@ def install_flop_hooks(model: Any, spec: Any, add: AddFn) -> list[Any]:
     config = model.config
     heads = int(config.num_attention_heads)
     head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
-    per_layer = sum(p.numel() for p in layers[0].parameters() if p.dim() >= 2)
     head_flops = 2 * head.weight.shape[0] * head.weight.shape[1]
     handles = []
+
+    def linear_pre(m: Any, args: tuple[Any, ...]) -> None:
+        x = args[0]
+        rows = int(x.numel() // x.shape[-1])
+        add(float(2 * m.in_features * m.out_features * rows))
+
+    for layer in layers:
+        for sub in layer.modules():
+            if isinstance(sub, torch.nn.Linear):
+                handles.append(sub.register_forward_pre_hook(linear_pre))
 
     def make(index: int) -> Callable[..., None]:
         def pre(_m: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -83,7 +95,7 @@ def install_flop_hooks(model: Any, spec: Any, add: AddFn) -> list[Any]:
                 seq_length = getattr(cache, "get_seq_length", None)
                 past = int(seq_length(index)) if callable(seq_length) else 0
                 keys = past + q
-            flops = 2 * per_layer * b * q + 4 * b * q * keys * heads * head_dim
+            flops = 4 * b * q * keys * heads * head_dim
             add(float(flops), layer_tokens=b * q if index == 0 else 0)
         return pre
 

@@ -46,11 +46,12 @@ def _backend(arch: str = "llama", seed: int = 0, layers: int = 3) -> Any:
     if arch == "gemma2":
         kwargs.update(query_pre_attn_scalar=8, sliding_window=64)
     config = getattr(transformers, {"llama": "LlamaConfig", "qwen2": "Qwen2Config",
+                                    "mistral": "MistralConfig",
                                     "gemma2": "Gemma2Config"}[arch])(**kwargs)
     config._attn_implementation = "eager"
     torch.manual_seed(seed)
     model_cls = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
-                 "gemma2": "Gemma2ForCausalLM"}[arch]
+                 "mistral": "MistralForCausalLM", "gemma2": "Gemma2ForCausalLM"}[arch]
     model = getattr(transformers, model_cls)(config).eval()
     model.requires_grad_(False)
     return HooksBackend(model, build_tokenizer(vocab), name=f"{arch}-{seed}")
@@ -153,8 +154,9 @@ def test_a_suffix_engine_that_disagrees_with_the_sweep_is_not_used(
                                atol=1e-5, rtol=0)
 
 
-def test_qwen2_uses_the_suffix_engine() -> None:
-    backend = _backend("qwen2", layers=2)
+@pytest.mark.parametrize("arch", ["qwen2", "mistral"])
+def test_qwen2_and_mistral_use_the_suffix_engine(arch: str) -> None:
+    backend = _backend(arch, layers=2)
     src = true_activations(backend, _prompts(TRUE[:2]), WIDTH)
     args = (backend, _prompts(FALSE[:2]), src, _readout(backend))
     res = patch_heatmaps(*args)
