@@ -102,8 +102,12 @@ def _judge_datasets(
     control_label: str,
     extra: Callable[[KnowledgeRun], dict[str, Any]] | None = None,
     interval: bool = True,
+    worst_by: str = "metric",
 ) -> Measurement:
-    """Each dataset's metric, control and bootstrap interval; the worst dataset is reported."""
+    """Each dataset's metric, control and bootstrap interval; the worst dataset is reported:
+    the one with the weakest metric bound (``worst_by="metric"``), or with the smallest gap
+    between metric and control in the claim's direction (``"contrast"``, for metrics that sit
+    at float noise on every dataset, where the weakest metric would be picked by rounding)."""
     n_boot = int(claim.params.get("n_boot", N_BOOT))
     rows: dict[str, dict[str, Any]] = {}
     artifacts: list[str] = []
@@ -127,7 +131,14 @@ def _judge_datasets(
             else ci[0 if op == ">=" else 1]
         return value if _finite(value) else (-math.inf if op == ">=" else math.inf)
 
-    worst = (min if op == ">=" else max)(rows, key=lambda d: bound(rows[d]))
+    def contrast(row: dict[str, Any]) -> float:
+        gap = bound(row) - row["control"] if op == ">=" else row["control"] - bound(row)
+        return gap if _finite(gap) else -math.inf
+
+    if worst_by == "contrast":
+        worst = min(rows, key=lambda d: contrast(rows[d]))
+    else:
+        worst = (min if op == ">=" else max)(rows, key=lambda d: bound(rows[d]))
     row = rows[worst]
     return Measurement(
         metric=float(row["metric"]),
@@ -368,7 +379,9 @@ def asymmetry(ctx: FamilyContext, claim: Claim, pair: Pair) -> Measurement:
 @measure("crossmodel.self_patch")
 def self_patch(ctx: FamilyContext, claim: Claim, pair: Pair) -> Measurement:
     """X4: self-patching the last layer at the last token restores the clean TRUE logit
-    difference (``R = 1``); the control is the null source patched there."""
+    difference (``R = 1``); the control is the null source patched there. The metric is float
+    noise (about 1e-7) on every dataset, so the dataset reported is the one where the control
+    is closest to it (the weakest contrast), not the one with the largest rounding error."""
     ref, post = pair
     keys = [(ref, ref), (post, post), (NULL, post)]
 
@@ -383,4 +396,5 @@ def self_patch(ctx: FamilyContext, claim: Claim, pair: Pair) -> Measurement:
 
     run0 = knowledge_run(ctx, knowledge_datasets(ctx, claim.params.get("datasets"))[0])
     return _judge_datasets(ctx, claim, pair, "<=", keys, metric, control,
-                           f"{run0.null_label} patched into {post}", interval=False)
+                           f"{run0.null_label} patched into {post}", interval=False,
+                           worst_by="contrast")

@@ -74,3 +74,12 @@ def test_the_control_base_is_visited_and_the_readout_cell_recovers(ctx: Any) -> 
     gap = float(run.ld_true["base"].mean() - run.ld_false["base"].mean())
     cell = float(run.heat(("base", "base"))[-1, -1] - run.ld_false["base"].mean())
     assert math.isclose(cell, gap, rel_tol=1e-3, abs_tol=1e-6)
+
+
+def test_self_patch_reports_the_dataset_with_the_weakest_control_contrast(ctx: Any) -> None:
+    claim = next(c for c in _claims() if c.id == "crossmodel.self_patch")
+    m = get_measure(claim.measure)(ctx, claim, ("base", "instruct"))
+    rows = m.details["datasets"]
+    weakest = min(rows, key=lambda d: rows[d]["control"] - rows[d]["metric"])
+    assert m.details["dataset"] == weakest
+    assert m.control == pytest.approx(rows[weakest]["control"])
