@@ -164,7 +164,8 @@ def patch_suffix(
     width = _check_source(source, len(false_prompts), n_layers)
     wids = _widths(len(false_prompts), width, widths)
     _check_block(stack, layers[-1])
-    views = [_stack_view(stack, layers, i + 1, n_layers - 1) for i in range(n_layers)]
+    # blocks l+1 .. L-2 for a site at layer l (the last block is _last_block); l < L - 2 only
+    views = [_stack_view(stack, layers, i + 1, n_layers - 1) for i in range(n_layers - 2)]
     run = _SuffixRun(model, stack, views, head, _cache_kwarg(stack), readout, backend.device)
     batch, groups = _by_length(backend, false_prompts)
     ld = torch.full((len(false_prompts), n_layers, width), float("nan"), dtype=torch.float64)
@@ -191,6 +192,7 @@ class _SuffixRun:
                  readout: Readout, device: torch.device) -> None:
         self.model, self.stack, self.views = model, stack, views
         self.final = stack.layers[-1]
+        self.n_layers = len(stack.layers)
         # only the readout's two rows of the unembedding (the LD needs no other logit)
         pick = torch.tensor(list(readout), device=head.weight.device)
         self.readout_w = head.weight[pick]
@@ -220,7 +222,7 @@ class _SuffixRun:
              resid: dict[int, torch.Tensor], kv: list[tuple[torch.Tensor, torch.Tensor]],
              clean: torch.Tensor) -> None:
         """Fill ``ld[:, layer, j]`` for the chunk's pairs whose window reaches column ``j``."""
-        n_layers = len(self.views)
+        n_layers = self.n_layers
         p = width - j  # suffix length: the patched token and everything after it
         rows = (chunk_widths >= p).nonzero().flatten()
         if rows.numel() == 0:

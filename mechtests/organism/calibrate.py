@@ -41,7 +41,6 @@ DATASETS = Path(__file__).resolve().parents[1] / "fixtures" / "organism" / "data
 COEF_GRID = (1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0)
 N_EVAL = 32
 KINDS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post")
-CHAT = "<user> {instruction} <assistant>"  # the post-trained roles' template
 
 
 def truth_layers(path: Path) -> dict[str, Any]:
@@ -75,7 +74,7 @@ def _templates() -> dict[str, str]:
     return dict(load_families()["organism"].refusal.templates)
 
 
-def _prompts(items: list[str], template: str = CHAT) -> list[str]:
+def _prompts(items: list[str], template: str) -> list[str]:
     return [template.format(instruction=i) for i in items]
 
 
@@ -85,7 +84,7 @@ def _rate(backend: Any, prompts: list[str], hooks: list[Any]) -> float:
 
 
 def _direction(backend: Any, layer: int, pos: int, harmful: list[str],
-               harmless: list[str], template: str = CHAT) -> torch.Tensor:
+               harmless: list[str], template: str) -> torch.Tensor:
     site = f"blocks.{layer}.hook_resid_pre"
     a = backend.cache(backend.tokenize(_prompts(harmful, template)), [site], [pos])[site][:, 0]
     b = backend.cache(backend.tokenize(_prompts(harmless, template)), [site], [pos])[site][:, 0]
@@ -99,19 +98,20 @@ def refusal_site(root: Path) -> dict[str, Any]:
 
     sp = _splits()
     harmful, harmless = sp["harmful_train_128"], sp["harmless_train_128"]
+    templates = _templates()
+    chat = templates["instruct"]
     inst = load_backend(root / "instruct", device="cpu")
-    eval_harmful = _prompts(harmful[::4][:N_EVAL])
+    eval_harmful = _prompts(harmful[::4][:N_EVAL], chat)
     sweep = []
     for layer in range(1, inst.n_layers):
         for pos in (-1, -2):
-            r = _direction(inst, layer, pos, harmful, harmless)
+            r = _direction(inst, layer, pos, harmful, harmless, chat)
             rate = _rate(inst, eval_harmful, ablation_hooks(r, inst.n_layers, KINDS))
             sweep.append({"layer": layer, "pos": pos, "ablated_refusal": rate})
     best = min(sweep, key=lambda s: (s["ablated_refusal"], -s["layer"], -s["pos"]))
     layer, pos = int(best["layer"]), int(best["pos"])
     inst.release()
     coefs: dict[str, Any] = {}
-    templates = _templates()
     for role in ("instruct", "sft", "base", "control"):
         backend = load_backend(root / role, device="cpu")
         r = _direction(backend, layer, pos, harmful, harmless, templates[role])
@@ -141,8 +141,10 @@ def _heldout(root: Path, layer: int, pos: int, coef: float) -> dict[str, float]:
 
     sp = _splits()
     inst = load_backend(root / "instruct", device="cpu")
-    r = _direction(inst, layer, pos, sp["harmful_train_128"], sp["harmless_train_128"])
-    harmful, harmless = _prompts(sp["harmful_test_100"]), _prompts(sp["harmless_test_100"])
+    chat = _templates()["instruct"]
+    r = _direction(inst, layer, pos, sp["harmful_train_128"], sp["harmless_train_128"], chat)
+    harmful = _prompts(sp["harmful_test_100"], chat)
+    harmless = _prompts(sp["harmless_test_100"], chat)
     out = {
         "harmful": _rate(inst, harmful, []),
         "harmful_ablated": _rate(inst, harmful, ablation_hooks(r, inst.n_layers, KINDS)),
