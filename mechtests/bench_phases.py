@@ -66,8 +66,8 @@ def _n(i: int, name: str) -> ItemsFn:
     return lambda a, k, _r: len(_arg(a, k, i, name) or ())
 
 
-def _sites(_a: tuple[Any, ...], _k: dict[str, Any], result: Any) -> int:
-    return int((~torch.isnan(result.ld)).sum())
+def _sites(_a: tuple[Any, ...], _k: dict[str, Any], results: Any) -> int:
+    return sum(int((~torch.isnan(result.ld)).sum()) for result in results)
 
 
 def _steer_runs(a: tuple[Any, ...], k: dict[str, Any], _r: Any) -> int:
@@ -96,7 +96,7 @@ TARGETS = (
     Target("mechtests.context:FamilyContext.release", "load"),  # unload + gc: model switches
     Target("mechtests.engine.collect:collect_activations", "activation collection",
            _n(1, "prompts")),
-    Target("mechtests.methods.patching:patch_heatmaps", "patching", _sites, PATCHING),
+    Target("mechtests.methods.patching:patch_heatmaps_many", "patching", _sites, PATCHING),
     Target("mechtests.methods.patching:clean_logit_diffs", "patching sweep", None, PATCHING),
     Target("mechtests.methods.refusal:select_direction", "direction selection",
            _n(3, "candidates")),
@@ -245,10 +245,11 @@ class PhaseRecorder:
             self._sources[id(t)] = role
 
     def _patching_phase(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-        backend, source = _arg(args, kwargs, 0, "backend"), _arg(args, kwargs, 2, "source")
+        backend, sources = _arg(args, kwargs, 0, "backend"), _arg(args, kwargs, 2, "sources")
         role = str(getattr(backend, "name", "")).rsplit("/", 1)[-1]
-        first = source[0] if source else None
-        own = first is not None and self._sources.get(id(first)) == role
+        firsts = [source[0] if source else None for source in sources or ()]
+        own = bool(firsts) and all(f is not None and self._sources.get(id(f)) == role
+                                   for f in firsts)
         return "patching sweep" if own else "cross-model patching"
 
     # -- FLOPs ---------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ from mechtests.data.pairs import (
 from mechtests.data.statements import load_few_shot, load_statements
 from mechtests.errors import DatasetError
 from mechtests.methods.heatmaps import group_columns, recovered_fraction
-from mechtests.methods.patching import clean_logit_diffs, patch_heatmaps, resid_sites
+from mechtests.methods.patching import clean_logit_diffs, patch_heatmaps_many, resid_sites
 from mechtests.methods.stats import random_unit_directions
 
 if TYPE_CHECKING:
@@ -272,16 +272,19 @@ def _visit(ctx: FamilyContext, run: KnowledgeRun, target: str, sources: Sequence
         run.ld_true[target] = clean_logit_diffs(
             backend, _prompts(ctx, target, run.pset.true_prompts), run.readout, MAX_ROWS
         ).numpy()
-    for source in todo:
-        src = own if source == target and own is not None else _source(ctx, run, source)
-        result = patch_heatmaps(
-            backend, false_prompts, src, run.readout, run.pset.widths, max_rows=MAX_ROWS
+    # the own map alone (its sites before the first differing token are free), then every
+    # other source in one pass over the FALSE prompts
+    calls = [[s] for s in todo if s == target] + [[s for s in todo if s != target]]
+    for call in [c for c in calls if c]:
+        srcs = [own if s == target and own is not None else _source(ctx, run, s) for s in call]
+        results = patch_heatmaps_many(
+            backend, false_prompts, srcs, run.readout, run.pset.widths, max_rows=MAX_ROWS
         )
-        ld = result.ld.numpy()
-        run.ld_false.setdefault(target, result.ld_false.numpy())
-        run.maps[(source, target)] = _per_pair_maps(run.pset, ld)
-        run.engines[f"{source}->{target}"] = result.engine + (
-            f" ({result.note})" if result.note else "")
+        for source, result in zip(call, results):
+            run.ld_false.setdefault(target, result.ld_false.numpy())
+            run.maps[(source, target)] = _per_pair_maps(run.pset, result.ld.numpy())
+            run.engines[f"{source}->{target}"] = result.engine + (
+                f" ({result.note})" if result.note else "")
 
 
 def _per_pair_maps(pset: PatchingSet, ld: np.ndarray) -> np.ndarray:

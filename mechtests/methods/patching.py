@@ -22,15 +22,15 @@ Three engines compute the same numbers:
 * :func:`patch_suffix` - the fast engine for HuggingFace Llama-like decoders (Llama, Mistral,
   Qwen2 with full attention; :mod:`mechtests.methods.patching_suffix`). A site's patch changes
   nothing below its layer and, with causal attention, nothing before its position. So the FALSE
-  prompts run once (keeping every layer's residual and key/value cache); then, for each
-  (layer ``l``, position ``-p``) and a whole batch of pairs, only the last ``p`` tokens are
-  pushed through blocks ``l+1 ..`` (a view of the decoder stack sharing the weights), attending
-  to the cached FALSE prefix. Cells of the last layer at non-final positions, and sites whose
-  TRUE value equals (bit for bit) the FALSE run's value there (self-patching before the first
-  differing token), are ``LD_F`` without compute. The backend protocol has no "start at layer
-  l" call, so this engine uses the HF modules of the hooks backend directly (read-only). It is
-  checked against :func:`patch_sweep` on a few sites before use (``verify``), and
-  :func:`patch_heatmaps` falls back to the sweep when it does not apply.
+  prompts run once (keeping every layer's residual and key/value cache); then, per column
+  (position ``-p``), one sweep up the stack runs every layer's site of that column for a batch of
+  pairs (and every source, :func:`patch_heatmaps_many`): only the last ``p`` tokens go through
+  blocks ``l+1 ..``, attending to the cached FALSE prefix. Cells of the last layer at non-final
+  positions, and sites whose TRUE value equals (bit for bit) the FALSE run's value there
+  (self-patching before the first differing token), are ``LD_F`` without compute. The backend
+  protocol has no "start at layer l" call, so this engine uses the HF modules of the hooks
+  backend directly (read-only). It is checked against :func:`patch_sweep` on a few sites before
+  use (``verify``), and :func:`patch_heatmaps` falls back to the sweep when it does not apply.
 
 Example:
     >>> src = true_activations(backend, true_prompts, width=14)         # doctest: +SKIP
@@ -56,6 +56,7 @@ __all__ = [
     "PatchResult",
     "clean_logit_diffs",
     "patch_heatmaps",
+    "patch_heatmaps_many",
     "patch_loop",
     "patch_suffix",
     "patch_sweep",
@@ -288,32 +289,58 @@ def patch_heatmaps(
     ``|LD|`` in float32, 5e-2 in 16-bit) and :func:`patch_sweep` otherwise; ``"loop"`` is the
     reference.
     """
+    return patch_heatmaps_many(backend, false_prompts, [source], readout, widths, engine,
+                               max_rows, verify, tolerance)[0]
+
+
+def patch_heatmaps_many(
+    backend: Backend,
+    false_prompts: Sequence[str],
+    sources: Sequence[Sequence[torch.Tensor]],
+    readout: Readout,
+    widths: Sequence[int] | None = None,
+    engine: str = "auto",
+    max_rows: int = 128,
+    verify: bool = True,
+    tolerance: float | None = None,
+) -> list[PatchResult]:
+    """:func:`patch_heatmaps` for several sources into the same FALSE prompts, one result per
+    source. The suffix engine runs the FALSE prompts once and patches every source's sites in
+    the same batched block calls (cross-model maps: another model's and the null's TRUE
+    activations into one target)."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     n_layers = backend.n_layers
-    width = _check_source(source, len(false_prompts), n_layers)
-    wids = _widths(len(false_prompts), width, widths)
+    width = {_check_source(source, len(false_prompts), n_layers) for source in sources}
+    if len(width) != 1:
+        raise ValueError(f"sources differ in window width: {sorted(width)}")
+    wids = _widths(len(false_prompts), width.pop(), widths)
     note = ""
     if engine in ("auto", "suffix"):
+        from mechtests.methods.patching_suffix import patch_suffix_many
+
         try:
-            ld, ld_false = patch_suffix(backend, false_prompts, source, readout, wids, max_rows)
+            lds, ld_false = patch_suffix_many(backend, false_prompts, sources, readout, wids,
+                                              max_rows)
         except SuffixEngineUnavailable as exc:
             if engine == "suffix":
                 raise
             note = str(exc)
         else:
             if verify:
-                note = _verify(backend, false_prompts, source, readout, wids, ld, tolerance)
+                notes = [_verify(backend, false_prompts, source, readout, wids, ld, tolerance)
+                         for source, ld in zip(sources, lds)]
+                note = next((n for n in notes if n), "")
             if not note:
-                return PatchResult(ld, ld_false, "suffix")
+                return [PatchResult(ld, ld_false, "suffix") for ld in lds]
             if engine == "suffix":
                 raise SuffixEngineUnavailable(note)
     ld_false = clean_logit_diffs(backend, false_prompts, readout, batch_size=max_rows)
     if engine == "loop":
-        return PatchResult(patch_loop(backend, false_prompts, source, readout, wids), ld_false,
-                           "loop")
-    ld = patch_sweep(backend, false_prompts, source, readout, wids, max_rows)
-    return PatchResult(ld, ld_false, "sweep", note)
+        return [PatchResult(patch_loop(backend, false_prompts, source, readout, wids), ld_false,
+                            "loop") for source in sources]
+    return [PatchResult(patch_sweep(backend, false_prompts, source, readout, wids, max_rows),
+                        ld_false, "sweep", note) for source in sources]
 
 
 def _verify(

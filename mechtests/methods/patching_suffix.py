@@ -1,32 +1,40 @@
-"""The fast patching engine: suffix re-runs on a view of an HF Llama-like decoder stack.
+"""The fast patching engine: suffix re-runs through lean copies of an HF Llama-like block.
 
 See :mod:`mechtests.methods.patching` for the method and the layout. A site ``(l, -p)`` changes
 nothing below block ``l`` and, with causal attention, nothing before position ``-p``. So the
 FALSE prompts run once with every layer's residual (last ``W`` positions) and key/value cache
-kept; then for each (layer ``l``, suffix length ``p``) one forward of a whole batch of pairs
-pushes only the last ``p`` tokens, with position ``-p`` replaced by the TRUE activation, through
-blocks ``l+1 ..`` of a shallow copy of the decoder stack that shares the weights and attends to
-the cached FALSE prefix (a ``DynamicCache`` holding the prefix of every layer it runs). The
-last block runs only what the last token's output needs (keys and values of the ``p`` tokens,
-query, attention and MLP of the last one: :func:`_last_block`), then the final norm and the
-two readout rows of the unembedding give ``LD``. Work per site: ``p`` tokens through
-``L - 2 - l`` blocks and one token through the last, instead of the whole prompt through ``L``
-blocks. (Switching the views to PyTorch's fused attention was measured slower on CPU for these
-shapes, so they run the backend's eager attention.)
+kept; then, for each suffix length ``p``, one sweep up the stack handles every site of that
+column for a whole batch of pairs and every source at once:
 
-Supported: ``model_type`` llama, mistral, qwen2 with full attention in every layer (their
-decoder stack takes ``inputs_embeds`` without rescaling and indexes the cache by each attention
-module's own ``layer_idx``). Gemma-2 (embedding scale, soft-capping, sliding layers) and any
+* block ``b`` runs the sites of layers ``l < b`` together (a site of layer ``b - 1`` joins at
+  block ``b``, its hidden state the FALSE residual with position ``-p`` replaced by the
+  source's value), as ``hidden [pair, site, p, d]``;
+* attention reads the cached FALSE prefix of each pair once for all its sites (a batched matmul
+  per pair and head group, no copy of the cache per site), plus each site's own ``p`` keys with
+  a causal mask;
+* the last block computes only what the last token's output needs (keys and values of the
+  ``p`` tokens; query, attention and MLP of the last one), then the final norm and the two
+  readout rows of the unembedding give ``LD``.
+
+Work per site: ``p`` tokens through ``L - 2 - l`` blocks and one token through the last, as
+the per-site loop would need if it started at the patched layer and position; the batching
+only changes how many sites share one matrix multiply. The blocks' linear layers, norms, MLP
+and rotary embedding are the model's own modules; attention is written out here (softmax over
+prefix and suffix scores with one shared maximum, in the model's dtype, as HF's eager
+attention).
+
+Supported: ``model_type`` llama, mistral, qwen2 with full attention in every layer (pre-norm
+blocks ``h + attn(norm(h))``, ``h + mlp(norm(h))``, rotary embeddings; Qwen2's q/k/v biases
+live in its linear layers). Gemma-2 (embedding scale, soft-capping, sliding layers) and any
 other backend raise :class:`~mechtests.methods.patching.SuffixEngineUnavailable`, and
 :func:`~mechtests.methods.patching.patch_heatmaps` uses the protocol-only sweep instead. The
-model is only read: hooks are removed in a ``finally`` and the view is a new object.
+model is only read: the FALSE pass's hooks are removed in a ``finally``.
 """
 
 from __future__ import annotations
 
-import copy
-import inspect
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -42,9 +50,12 @@ from mechtests.methods.patching import (
     _widths,
 )
 
-__all__ = ["FAST_TYPES", "patch_suffix"]
+__all__ = ["FAST_TYPES", "patch_suffix", "patch_suffix_many"]
 
 FAST_TYPES = ("llama", "mistral", "qwen2")
+# suffix tokens (pairs x sites x p) per block call: bounds the memory of one call; on CPU a few
+# thousand rows keep the matrix multiplies in cache (measured no slower than 16k on the organism)
+TOKEN_BUDGET = {"cpu": 1 << 13, "cuda": 1 << 16}
 
 
 def _hf_parts(backend: Backend) -> tuple[Any, Any, torch.nn.ModuleList, Any]:
@@ -67,17 +78,9 @@ def _hf_parts(backend: Backend) -> tuple[Any, Any, torch.nn.ModuleList, Any]:
     head = getattr(model, "lm_head", None)
     if not isinstance(layers, torch.nn.ModuleList) or head is None:
         raise SuffixEngineUnavailable("model has no model.layers / lm_head")
+    for block in layers:
+        _check_block(stack, block)
     return model, stack, layers, head
-
-
-def _stack_view(stack: Any, layers: torch.nn.ModuleList, start: int, stop: int) -> Any:
-    """A shallow copy of the decoder stack running only ``layers[start:stop]`` and no final
-    norm (weights shared, the original module untouched)."""
-    view = copy.copy(stack)
-    view.__dict__["_modules"] = dict(stack._modules)
-    view.layers = torch.nn.ModuleList(list(layers[start:stop]))
-    view.norm = torch.nn.Identity()
-    return view
 
 
 def _check_block(stack: Any, block: Any) -> None:
@@ -88,7 +91,7 @@ def _check_block(stack: Any, block: Any) -> None:
               (attn, "scaling")]
     missing = [name for obj, name in needed if not hasattr(obj, name)]
     if missing:
-        raise SuffixEngineUnavailable(f"the last decoder block lacks {', '.join(missing)}")
+        raise SuffixEngineUnavailable(f"a decoder block lacks {', '.join(missing)}")
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -96,38 +99,61 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
-def _last_block(stack: Any, block: Any, hidden: torch.Tensor, k_prefix: torch.Tensor,
-                v_prefix: torch.Tensor, prefix: int) -> torch.Tensor:
-    """The last decoder block's output at the last position only ``[rows, d]``.
+@dataclass(frozen=True)
+class _Prefix:
+    """One block's cached FALSE keys and values of the ``prefix`` positions before the suffix
+    ``[pair, kv_head, prefix, head_dim]`` and the rotary tables of the suffix positions."""
 
-    Only the final token's output is read, so of the other ``p - 1`` tokens this block needs
-    just their keys and values: no query, attention output or MLP for them (a Llama block:
-    pre-norm attention with rotary embeddings, then a pre-norm MLP, as in Llama, Mistral and
-    Qwen2). ``hidden`` is the block's input at the last ``p`` positions, ``k_prefix`` and
-    ``v_prefix`` its cached keys and values of the ``prefix`` positions before them.
-    """
+    keys: torch.Tensor
+    values: torch.Tensor
+    cos: torch.Tensor  # [p, head_dim]
+    sin: torch.Tensor
+
+
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix: _Prefix,
+               scale: float) -> torch.Tensor:
+    """Causal attention of the last ``q`` of each site's ``p`` tokens over the shared prefix and
+    the site's own keys. ``q [n, kv_head, site, group, q, hd]``; ``k, v [n, kv_head, site, p,
+    hd]``; returns ``[n, kv_head, site, group, q, hd]``."""
+    n, hk, s, g, nq, hd = q.shape
+    p = k.shape[3]
+    flat = q.reshape(n, hk, s * g * nq, hd)
+    pre = torch.matmul(flat, prefix.keys.transpose(-1, -2)).mul_(scale)  # [n, hk, s*g*q, P]
+    own = torch.matmul(q.reshape(n, hk, s, g * nq, hd), k.transpose(-1, -2)).mul_(scale)
+    # query i (of the last nq) sits at suffix position p - nq + i and sees keys 0 .. that
+    causal = torch.ones(nq, p, dtype=torch.bool, device=q.device).tril(p - nq)
+    own = own.view(n, hk, s, g, nq, p).masked_fill_(~causal, float("-inf"))
+    pre = pre.view(n, hk, s, g, nq, -1)
+    top = torch.maximum(pre.amax(-1, keepdim=True) if pre.shape[-1] else own.amax(-1, True),
+                        own.amax(-1, keepdim=True))
+    pre = pre.sub_(top).exp_()
+    own = own.sub_(top).exp_()
+    total = pre.sum(-1, keepdim=True) + own.sum(-1, keepdim=True)
+    out = torch.matmul(pre.view(n, hk, s * g * nq, -1), prefix.values).view(n, hk, s, g, nq, hd)
+    out += torch.matmul(own.view(n, hk, s, g * nq, p), v).view(n, hk, s, g, nq, hd)
+    return out.div_(total)
+
+
+def _block(block: Any, hidden: torch.Tensor, prefix: _Prefix, last_only: bool) -> torch.Tensor:
+    """One pre-norm decoder block on ``hidden [n, site, p, d]`` after the cached prefix; with
+    ``last_only`` only the last position's output ``[n, site, 1, d]``."""
     attn = block.self_attn
-    rows, p, _ = hidden.shape
+    n, s, p, _ = hidden.shape
     hd = attn.head_dim
     x = block.input_layernorm(hidden)
-    q = attn.q_proj(x[:, -1:]).view(rows, 1, -1, hd).transpose(1, 2)
-    k = attn.k_proj(x).view(rows, p, -1, hd).transpose(1, 2)
-    v = attn.v_proj(x).view(rows, p, -1, hd).transpose(1, 2)
-    positions = torch.arange(prefix, prefix + p, device=hidden.device).expand(rows, p)
-    cos, sin = stack.rotary_emb(x, positions)
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    q = _rope(q, cos[:, :, -1:], sin[:, :, -1:])
-    k = torch.cat([k_prefix, _rope(k, cos, sin)], dim=2)
-    v = torch.cat([v_prefix, v], dim=2)
-    out = torch.nn.functional.scaled_dot_product_attention(
-        q, k, v, scale=attn.scaling, enable_gqa=q.shape[1] != k.shape[1])
-    h = hidden[:, -1] + attn.o_proj(out.transpose(1, 2).reshape(rows, -1))
+    xq = x[:, :, -1:] if last_only else x
+    nq = xq.shape[2]
+    k = attn.k_proj(x).view(n, s, p, -1, hd)
+    hk = k.shape[3]
+    q = attn.q_proj(xq).view(n, s, nq, hk, -1, hd)  # heads h = kv_head * group + g (repeat_kv)
+    q = _rope(q, prefix.cos[-nq:, None, None], prefix.sin[-nq:, None, None])
+    k = _rope(k, prefix.cos[:, None], prefix.sin[:, None])
+    v = attn.v_proj(x).view(n, s, p, hk, hd)
+    out = _attention(q.permute(0, 3, 1, 4, 2, 5), k.permute(0, 3, 1, 2, 4),
+                     v.permute(0, 3, 1, 2, 4), prefix, attn.scaling)
+    out = out.permute(0, 2, 4, 1, 3, 5).reshape(n, s, nq, -1)
+    h = hidden[:, :, -nq:] + attn.o_proj(out)
     return h + block.mlp(block.post_attention_layernorm(h))
-
-
-def _cache_kwarg(stack: Any) -> str:
-    params = inspect.signature(stack.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
 
 
 def _kv_of(cache: Any, n_layers: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -138,15 +164,6 @@ def _kv_of(cache: Any, n_layers: int) -> list[tuple[torch.Tensor, torch.Tensor]]
     return [(k, v) for k, v in cache]
 
 
-def _make_cache(kv: Sequence[tuple[torch.Tensor | None, torch.Tensor | None]]) -> Any:
-    from transformers import DynamicCache
-
-    try:
-        return DynamicCache(ddp_cache_data=kv)
-    except TypeError:  # transformers 4.x
-        return DynamicCache.from_legacy_cache(tuple(kv))  # type: ignore[attr-defined]
-
-
 def patch_suffix(
     backend: Backend,
     false_prompts: Sequence[str],
@@ -155,53 +172,95 @@ def patch_suffix(
     widths: Sequence[int] | None = None,
     max_rows: int = 256,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The fast engine (module docstring): ``(ld [pair, layer, W], ld_false [pair])``.
+    """The fast engine for one source: ``(ld [pair, layer, W], ld_false [pair])``."""
+    lds, ld_false = patch_suffix_many(backend, false_prompts, [source], readout, widths,
+                                      max_rows)
+    return lds[0], ld_false
 
-    Raises :class:`SuffixEngineUnavailable` for backends it does not support.
+
+def patch_suffix_many(
+    backend: Backend,
+    false_prompts: Sequence[str],
+    sources: Sequence[Sequence[torch.Tensor]],
+    readout: Readout,
+    widths: Sequence[int] | None = None,
+    max_rows: int = 256,
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The fast engine (module docstring) for several sources patched into the same FALSE
+    runs: ``([ld [pair, layer, W] per source], ld_false [pair])``. ``max_rows`` caps the pairs
+    per FALSE pass. Raises :class:`SuffixEngineUnavailable` for backends it does not support.
     """
     model, stack, layers, head = _hf_parts(backend)
     n_layers = len(layers)
-    width = _check_source(source, len(false_prompts), n_layers)
-    wids = _widths(len(false_prompts), width, widths)
-    _check_block(stack, layers[-1])
-    # blocks l+1 .. L-2 for a site at layer l (the last block is _last_block); l < L - 2 only
-    views = [_stack_view(stack, layers, i + 1, n_layers - 1) for i in range(n_layers - 2)]
-    run = _SuffixRun(model, stack, views, head, _cache_kwarg(stack), readout, backend.device)
+    width = {_check_source(s, len(false_prompts), n_layers) for s in sources}
+    if len(width) != 1:
+        raise ValueError(f"sources differ in window width: {sorted(width)}")
+    w = width.pop()
+    wids = _widths(len(false_prompts), w, widths)
+    run = _SuffixRun(stack, head, readout, backend.device)
     batch, groups = _by_length(backend, false_prompts)
-    ld = torch.full((len(false_prompts), n_layers, width), float("nan"), dtype=torch.float64)
+    lds = [torch.full((len(false_prompts), n_layers, w), float("nan"), dtype=torch.float64)
+           for _ in sources]
     ld_false = torch.full((len(false_prompts),), float("nan"), dtype=torch.float64)
+    budget = TOKEN_BUDGET.get(backend.device.type, TOKEN_BUDGET["cpu"])
     for length, members in groups.items():
         for chunk in _chunks(members, max_rows):
-            ids = batch.input_ids[chunk][:, -length:].to(backend.device)
-            resid, kv, clean = run.false_pass(ids, layers, width)
-            idx = torch.tensor(chunk)
+            ids = batch.input_ids[list(chunk)][:, -length:].to(backend.device)
+            resid, kv, clean = run.false_pass(model, ids, layers, w)
+            idx = torch.tensor(list(chunk))
             ld_false[idx] = clean
-            chunk_widths = torch.tensor([wids[i] for i in chunk])
-            for layer in range(n_layers):
-                src = source[layer][idx]
-                for j in range(width):
-                    run.site(ld, layer, j, width, length, idx, chunk_widths, src, resid, kv,
-                             clean)
-    return ld, ld_false
+            # pairs in order of their first column with work: those of column j are a prefix
+            start = _first_active_column(sources, idx, resid, [wids[i] for i in chunk])
+            order = torch.argsort(start, stable=True)
+            idx, start, clean = idx[order], start[order], clean[order]
+            first = torch.tensor([w - wids[i] for i in idx.tolist()])  # window's first column
+            on = order.to(backend.device)
+            resid = [r[on] for r in resid]
+            kv = [(k[on], v[on]) for k, v in kv]
+            for j in range(w):
+                n = int((start <= j).sum())
+                idle = (first[n:] <= j).nonzero().flatten() + n  # in the window, all no-ops
+                for ld in lds:
+                    ld[idx[idle], :, j] = clean[idle, None]
+                step = max(1, budget // (len(sources) * max(n_layers - 1, 1) * (w - j)))
+                for a in range(0, n, step):  # pair slices: views, no copies
+                    part = slice(a, min(n, a + step))
+                    run.column(lds, sources, idx[part], j, w, length,
+                               [r[part] for r in resid], [(k[part], v[part]) for k, v in kv],
+                               clean[part])
+    return lds, ld_false
+
+
+def _first_active_column(sources: Sequence[Sequence[torch.Tensor]], idx: torch.Tensor,
+                         resid: list[torch.Tensor], wids: Sequence[int]) -> torch.Tensor:
+    """Per pair, the first column of its window where some source's value differs from the
+    FALSE run's (bit for bit) at some layer; the window width ``W`` where none does."""
+    width = resid[0].shape[1]
+    active = torch.zeros(len(wids), width, dtype=torch.bool)
+    for src in sources:
+        for layer, false in enumerate(resid):
+            value = src[layer][idx].to(false.device, false.dtype)
+            active |= (value != false).any(-1).cpu()
+    cols = torch.arange(width)
+    active &= cols[None] >= torch.tensor([width - w for w in wids])[:, None]
+    return torch.where(active, cols[None], width).amin(1)
 
 
 class _SuffixRun:
-    """One target model's suffix runs: the FALSE pass of a chunk, then one site at a time."""
+    """One target model's suffix runs: the FALSE pass of a chunk, then one column at a time."""
 
-    def __init__(self, model: Any, stack: Any, views: list[Any], head: Any, kwarg: str,
-                 readout: Readout, device: torch.device) -> None:
-        self.model, self.stack, self.views = model, stack, views
-        self.final = stack.layers[-1]
-        self.n_layers = len(stack.layers)
+    def __init__(self, stack: Any, head: Any, readout: Readout, device: torch.device) -> None:
+        self.stack, self.device = stack, device
+        self.blocks = list(stack.layers)
         # only the readout's two rows of the unembedding (the LD needs no other logit)
         pick = torch.tensor(list(readout), device=head.weight.device)
         self.readout_w = head.weight[pick]
         bias = getattr(head, "bias", None)
         self.readout_b = None if bias is None else bias[pick]
-        self.kwarg, self.readout, self.device = kwarg, readout, device
+        self.readout = readout
 
-    def false_pass(self, ids: torch.Tensor, layers: torch.nn.ModuleList, width: int
-                   ) -> tuple[dict[int, torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]],
+    def false_pass(self, model: Any, ids: torch.Tensor, layers: torch.nn.ModuleList, width: int
+                   ) -> tuple[list[torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]],
                               torch.Tensor]:
         """The FALSE prompts once: every block's output at the last ``width`` positions, the
         key/value cache and the clean ``LD``."""
@@ -210,57 +269,61 @@ class _SuffixRun:
                    for i in range(len(layers))]
         try:
             with torch.no_grad():
-                out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
+                out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
         finally:
             for h in handles:
                 h.remove()
         kv = _kv_of(getattr(out, "cache", None) or out.past_key_values, len(layers))
-        return resid, kv, _ld(out.logits[:, -1].float(), self.readout)
+        return [resid[i] for i in range(len(layers))], kv, _ld(out.logits[:, -1].float(),
+                                                               self.readout)
 
-    def site(self, ld: torch.Tensor, layer: int, j: int, width: int, length: int,
-             idx: torch.Tensor, chunk_widths: torch.Tensor, src: torch.Tensor,
-             resid: dict[int, torch.Tensor], kv: list[tuple[torch.Tensor, torch.Tensor]],
-             clean: torch.Tensor) -> None:
-        """Fill ``ld[:, layer, j]`` for the chunk's pairs whose window reaches column ``j``."""
-        n_layers = self.n_layers
+    def column(self, lds: list[torch.Tensor], sources: Sequence[Sequence[torch.Tensor]],
+               idx: torch.Tensor, j: int, width: int, length: int, resid: list[torch.Tensor],
+               kv: list[tuple[torch.Tensor, torch.Tensor]], clean: torch.Tensor) -> None:
+        """Fill ``ld[idx, :, j]`` of every source: the pairs ``idx`` are the chunk's first
+        ``n`` (the ones whose window reaches column ``j``)."""
+        n, last = idx.numel(), len(self.blocks) - 1
         p = width - j  # suffix length: the patched token and everything after it
-        rows = (chunk_widths >= p).nonzero().flatten()
-        if rows.numel() == 0:
-            return
-        target = idx[rows]
-        if layer == n_layers - 1 and p > 1:  # cannot reach the last position
-            ld[target, layer, j] = clean[rows]
-            return
-        value = src[rows, j].to(self.device, resid[layer].dtype)
-        noop = (value == resid[layer][rows.to(self.device), j]).all(-1).cpu()
-        ld[target[noop], layer, j] = clean[rows[noop]]  # writes what is there
-        rows, target, value = rows[~noop], target[~noop], value[~noop.to(self.device)]
-        if rows.numel() == 0:
-            return
-        whole = rows.numel() == idx.numel()  # every row: views instead of gathered copies
-        sel = slice(None) if whole else rows.to(self.device)
-        hidden = resid[layer][sel, j:].clone()
-        hidden[:, 0] = value
-        prefix = length - p
-        last = n_layers - 1
+        prefix_len = length - p
+        values = [[src[layer][idx, j].to(self.device, resid[layer].dtype) for layer in
+                   range(last + 1)] for src in sources]
+        noop = [[(values[s][layer] == resid[layer][:n, j]).all(-1).cpu()
+                 for layer in range(last + 1)] for s in range(len(sources))]
+        # what is there: cells of the last layer at non-final positions (the last block cannot
+        # reach the last token) and sites whose every pair is a no-op (not computed below)
+        for ld_s in lds:
+            ld_s[idx, :, j] = clean[:, None]
+        sites: list[tuple[int, int]] = []  # (source, layer) along the hidden's site axis
+        hidden: torch.Tensor | None = None
+        positions = torch.arange(prefix_len, length, device=self.device)[None]
         with torch.no_grad():
-            if layer < last - 1:  # blocks layer+1 .. last-1 on every suffix token
-                cache = _make_cache([
-                    (k[sel, :, :prefix], v[sel, :, :prefix]) if (i == 0 or layer < i < last)
-                    else (None, None)
-                    for i, (k, v) in enumerate(kv)
-                ])
-                hidden = self.views[layer](inputs_embeds=hidden, use_cache=True,
-                                           **{self.kwarg: cache}).last_hidden_state
-            if layer < last:
-                k, v = kv[last]
-                out = _last_block(self.stack, self.final, hidden, k[sel, :, :prefix],
-                                  v[sel, :, :prefix], prefix)
-            else:
-                out = hidden[:, -1]
+            for b in range(1, last + 1):
+                new = [(s, b - 1) for s in range(len(sources)) if not bool(noop[s][b - 1].all())]
+                if new:
+                    patched = resid[b - 1][:n, None, j:].repeat(1, len(new), 1, 1)
+                    patched[:, :, 0] = torch.stack([values[s][layer] for s, layer in new], 1)
+                    hidden = patched if hidden is None else torch.cat([hidden, patched], 1)
+                    sites += new
+                if hidden is None:
+                    continue
+                k, v = kv[b]
+                cos, sin = self.stack.rotary_emb(hidden, positions)
+                prefix = _Prefix(k[:n, :, :prefix_len], v[:n, :, :prefix_len], cos[0], sin[0])
+                hidden = _block(self.blocks[b], hidden, prefix, last_only=b == last)
+            outs = [] if hidden is None else [hidden[:, :, -1]]
+            if p == 1:  # sites of the last layer: the patched value is the last block's output
+                new = [(s, last) for s in range(len(sources)) if not bool(noop[s][last].all())]
+                if new:
+                    outs.append(torch.stack([values[s][last] for s, _ in new], 1))
+                    sites += new
+            if not sites:
+                return
+            out = torch.cat(outs, 1)  # [n, site, d]
             logits = torch.nn.functional.linear(self.stack.norm(out), self.readout_w,
                                                 self.readout_b).float()
-        ld[target, layer, j] = _ld(logits, (0, 1))
+        ld = (logits[..., 0].double() - logits[..., 1].double()).cpu()  # [n, site]
+        for k_site, (s, layer) in enumerate(sites):
+            lds[s][idx, layer, j] = torch.where(noop[s][layer], clean, ld[:, k_site])
 
 
 def _keep(store: dict[int, torch.Tensor], layer: int, width: int) -> Callable[..., None]:

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import torch
 
-from mechtests.methods import patching
+from mechtests.methods import patching, patching_suffix
 from mechtests.methods.patching import (
     clean_logit_diffs,
     patch_heatmaps,
@@ -140,13 +140,13 @@ def test_a_suffix_engine_that_disagrees_with_the_sweep_is_not_used(
     model: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     src = true_activations(model, _prompts(TRUE), WIDTH)
-    real = patching.patch_suffix
+    real = patching_suffix.patch_suffix_many
 
-    def broken(*args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        ld, ld_false = real(*args, **kwargs)
-        return ld + 0.5, ld_false
+    def broken(*args: Any, **kwargs: Any) -> tuple[list[torch.Tensor], torch.Tensor]:
+        lds, ld_false = real(*args, **kwargs)
+        return [ld + 0.5 for ld in lds], ld_false
 
-    monkeypatch.setattr(patching, "patch_suffix", broken)
+    monkeypatch.setattr(patching_suffix, "patch_suffix_many", broken)
     res = patch_heatmaps(model, _prompts(FALSE), src, _readout(model))
     assert res.engine == "sweep"
     assert "disagrees" in res.note
@@ -174,3 +174,36 @@ def test_bad_arguments_are_rejected(model: Any) -> None:
         patch_sweep(model, _prompts(FALSE[:2]), src, _readout(model))
     with pytest.raises(ValueError, match="layers"):
         patch_sweep(model, _prompts(FALSE), src[:2], _readout(model))
+
+
+def test_several_sources_in_one_pass_equal_the_loop_of_each(model: Any) -> None:
+    other = _backend(seed=3)
+    own = true_activations(model, _prompts(TRUE), WIDTH)
+    foreign = true_activations(other, _prompts(TRUE), WIDTH)
+    results = patching.patch_heatmaps_many(model, _prompts(FALSE), [own, foreign],
+                                           _readout(model))
+    assert [r.engine for r in results] == ["suffix", "suffix"]
+    for result, src in zip(results, (own, foreign)):
+        ref = patch_loop(model, _prompts(FALSE), src, _readout(model))
+        torch.testing.assert_close(result.ld, ref, atol=1e-5, rtol=0)
+    assert float((results[0].ld - results[1].ld).abs().max()) > 0.05  # not the same map twice
+
+
+def test_pair_slices_of_a_small_token_budget_give_the_same_maps(
+    model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    true = [*_prompts(TRUE[:2]), SHOTS + "the city of lima is not in peru ." + Q]
+    false = [*_prompts(FALSE[:2]), SHOTS + "the city of oslo is not in peru ." + Q]
+    widths = [WIDTH, 5, WIDTH]
+    src = true_activations(model, true, WIDTH)
+    ref = patch_loop(model, false, src, _readout(model), widths)
+    monkeypatch.setattr(patching_suffix, "TOKEN_BUDGET", {"cpu": 1, "cuda": 1})  # one pair a call
+    ld, _ = patch_suffix(model, false, src, _readout(model), widths, max_rows=2)
+    torch.testing.assert_close(ld, ref, atol=1e-5, rtol=0, equal_nan=True)
+
+
+def test_sources_of_different_windows_are_rejected(model: Any) -> None:
+    wide = true_activations(model, _prompts(TRUE), WIDTH)
+    narrow = true_activations(model, _prompts(TRUE), WIDTH - 2)
+    with pytest.raises(ValueError, match="window width"):
+        patching.patch_heatmaps_many(model, _prompts(FALSE), [wide, narrow], _readout(model))
