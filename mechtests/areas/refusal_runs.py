@@ -55,7 +55,7 @@ __all__ = [
 ]
 
 MAX_NEW_TOKENS = 16  # paper-spec 5.3: greedy, max_tokens_generated=16
-GEN_BATCH = 32
+GEN_BATCH = 128  # prompts per generate call; rows are independent (left padding, greedy)
 RANDOM_SEED_SALT = 5_000  # the random control direction uses seed options.seed + this
 CODE_VERSION = "1"  # bump when generation or hooks change, to invalidate the disk cache
 

@@ -78,6 +78,12 @@ class Backend(Protocol):
         skipped elsewhere: at a 128k vocabulary it is most of a short prompt's FLOPs)."""
         ...
 
+    def forward_variants(self, batch: Batch, variants: Sequence[Sequence[Hook]],
+                         suffix: int) -> list[torch.Tensor]:
+        """Last-position float32 logits [batch, vocab] under each hook set of ``variants``,
+        whose hooks change only the last ``suffix`` positions (so the prefix may run once)."""
+        ...
+
     def cache(
         self,
         batch: Batch,

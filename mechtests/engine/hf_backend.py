@@ -26,13 +26,14 @@ the raw HF modules (no weight folding).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import inspect
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 
-from mechtests.engine.backend import Batch
+from mechtests.engine.backend import Batch, Hook
 from mechtests.engine.hf_common import (
     HFBackendBase,
     SiteFns,
@@ -138,6 +139,41 @@ class HooksBackend(HFBackendBase):
         if stop.before:
             return block.register_forward_pre_hook(end)
         return block.register_forward_hook(end)
+
+    def forward_variants(self, batch: Batch, variants: Sequence[Sequence[Hook]],
+                         suffix: int) -> list[torch.Tensor]:
+        """:meth:`HFBackendBase.forward_variants` with the prefix run once: the positions
+        before the last ``suffix`` go through the model without hooks, keeping their keys and
+        values; each variant then runs only the last ``suffix`` tokens with its hooks (which
+        see ``[batch, suffix, d]``, so negative positions index as in a full forward) and the
+        cache is cut back to the prefix. Models with sliding-window layers take the plain path.
+        """
+        length = int(batch.input_ids.shape[1])
+        config = self.model.config
+        sliding = getattr(config, "use_sliding_window", False) or any(
+            t != "full_attention" for t in (getattr(config, "layer_types", None) or ()))
+        if not 0 < suffix < length or sliding or not variants:
+            return super().forward_variants(batch, variants, suffix)
+        pos = self.position_ids(batch)
+        cut = length - suffix
+        out: list[torch.Tensor] = []
+        # transformers 5 renamed past_key_values to cache (argument and output)
+        kwarg = "cache" if "cache" in inspect.signature(self.model.forward).parameters \
+            else "past_key_values"
+        with torch.no_grad():
+            first = self.model(input_ids=batch.input_ids[:, :cut],
+                               attention_mask=batch.attention_mask[:, :cut],
+                               position_ids=pos[:, :cut], use_cache=True)
+            cache = getattr(first, "cache", None) or first.past_key_values
+            for hooks in variants:
+                with self._installed(self._site_fns(hooks), None):
+                    logits = self.model(input_ids=batch.input_ids[:, cut:],
+                                        attention_mask=batch.attention_mask,
+                                        position_ids=pos[:, cut:], use_cache=True,
+                                        logits_to_keep=1, **{kwarg: cache}).logits
+                cache.crop(-suffix)  # back to the prefix (negative: tokens to drop)
+                out.append(logits[:, -1].float())
+        return out
 
     def _call(self, batch: Batch, stop: StopAt | None,
               last_only: bool = False) -> torch.Tensor | None:

@@ -126,6 +126,14 @@ class HFBackendBase:
         assert logits is not None
         return logits.float()
 
+    def forward_variants(self, batch: Batch, variants: Sequence[Sequence[Hook]],
+                         suffix: int) -> list[torch.Tensor]:
+        """Last-position float32 logits ``[batch, vocab]`` of ``batch`` under each hook set of
+        ``variants``. Every hook may change only the last ``suffix`` positions (the caller's
+        promise), so a backend may run the positions before them once (the hooks backend does,
+        with a KV cache); here each variant is a whole forward."""
+        return [self.forward(batch, hooks, last_only=True)[:, -1] for hooks in variants]
+
     def cache(
         self,
         batch: Batch,

@@ -45,6 +45,7 @@ __all__ = [
     "effect_interval",
     "intervention_effect",
     "p_diff",
+    "p_diff_variants",
     "run_steering",
     "statement_positions",
     "steering_sites",
@@ -183,10 +184,38 @@ def p_diff(
     for start in range(0, len(prompts), batch_size):
         batch = backend.tokenize(list(prompts[start : start + batch_size]))
         with torch.no_grad():
-            logits = backend.forward(batch, hooks=hooks, last_only=True)[:, -1, :].to(torch.float32)
-        probs = logits.softmax(-1)
-        out.append((probs[:, true_id] - probs[:, false_id]).to(torch.float64).cpu().numpy())
+            logits = backend.forward(batch, hooks=hooks, last_only=True)[:, -1, :]
+        out.append(_p_diff(logits, true_id, false_id))
     return np.concatenate(out) if out else np.zeros(0)
+
+
+def _p_diff(logits: torch.Tensor, true_id: int, false_id: int) -> np.ndarray:
+    probs = logits.to(torch.float32).softmax(-1)
+    return (probs[:, true_id] - probs[:, false_id]).to(torch.float64).cpu().numpy()
+
+
+def p_diff_variants(
+    backend: Backend,
+    prompts: Sequence[str],
+    true_id: int,
+    false_id: int,
+    variants: Sequence[Sequence[Hook]],
+    suffix: int,
+    batch_size: int = 16,
+) -> list[np.ndarray]:
+    """:func:`p_diff` under each hook set of ``variants`` (hooks that change only the last
+    ``suffix`` positions): per batch the backend's ``forward_variants`` runs the prompt prefix
+    once for all of them where it can (a plain forward per variant otherwise)."""
+    run = getattr(backend, "forward_variants", None)
+    out: list[list[np.ndarray]] = [[] for _ in variants]
+    for start in range(0, len(prompts), batch_size):
+        batch = backend.tokenize(list(prompts[start : start + batch_size]))
+        with torch.no_grad():
+            logits = (run(batch, variants, suffix) if run is not None else
+                      [backend.forward(batch, hooks, last_only=True)[:, -1] for hooks in variants])
+        for acc, lg in zip(out, logits):
+            acc.append(_p_diff(lg, true_id, false_id))
+    return [np.concatenate(acc) if acc else np.zeros(0) for acc in out]
 
 
 @dataclass
@@ -224,18 +253,27 @@ def run_steering(
     coef: float = 1.0,
     batch_size: int = 16,
 ) -> SteeringResult:
-    """Baseline ``P_diff`` and, for every named vector, subtract on true / add on false queries."""
-    result = SteeringResult(
-        true_none=p_diff(backend, true_queries, true_id, false_id, batch_size=batch_size),
-        false_none=p_diff(backend, false_queries, true_id, false_id, batch_size=batch_size),
+    """Baseline ``P_diff`` and, for every named vector, subtract on true / add on false queries.
+
+    The hooks touch only ``positions`` (negative, from the end), so each batch's prompt prefix
+    before the earliest of them runs once for the baseline and every vector
+    (:func:`p_diff_variants`)."""
+    if not positions or any(p >= 0 for p in positions):
+        raise ValueError(f"steering positions must be negative (from the end), got {positions}")
+    suffix = max(-p for p in positions)
+    names = list(vectors)
+    true_runs = p_diff_variants(
+        backend, true_queries, true_id, false_id,
+        [(), *(addition_hooks(sites, positions, vectors[n], -coef) for n in names)], suffix,
+        batch_size,
     )
-    for name, vector in vectors.items():
-        result.true_subtract[name] = p_diff(
-            backend, true_queries, true_id, false_id,
-            addition_hooks(sites, positions, vector, -coef), batch_size,
-        )
-        result.false_add[name] = p_diff(
-            backend, false_queries, true_id, false_id,
-            addition_hooks(sites, positions, vector, coef), batch_size,
-        )
+    false_runs = p_diff_variants(
+        backend, false_queries, true_id, false_id,
+        [(), *(addition_hooks(sites, positions, vectors[n], coef) for n in names)], suffix,
+        batch_size,
+    )
+    result = SteeringResult(true_none=true_runs[0], false_none=false_runs[0])
+    for i, name in enumerate(names, start=1):
+        result.true_subtract[name] = true_runs[i]
+        result.false_add[name] = false_runs[i]
     return result

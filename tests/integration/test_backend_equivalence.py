@@ -111,6 +111,24 @@ def test_last_only_logits_are_the_last_position_of_the_full_logits(
                                    rtol=0)
 
 
+def test_variants_sharing_a_prefix_equal_one_forward_each(pair: tuple[Backend, Backend]) -> None:
+    """forward_variants (the hooks backend runs the prefix once, KV-cached) gives each hook
+    set's last-position logits, with left padding and edits at the last two positions."""
+    from mechtests.methods.steering import addition_hooks
+
+    batch = pair[0].tokenize(PROMPTS[:2] + PROMPTS[3:])  # lengths differ: left padding
+    v = offset(pair[0].d_model)
+    sites = [site_name(layer, "hook_resid_post") for layer in range(pair[0].n_layers)]
+    variants = [[], addition_hooks(sites, [-2, -1], v, 1.0), addition_hooks(sites[:1], [-2], v,
+                                                                              -3.0)]
+    for backend in pair:
+        got = backend.forward_variants(batch, variants, suffix=2)
+        want = [backend.forward(batch, hooks, last_only=True)[:, -1] for hooks in variants]
+        assert (want[1] - want[0]).abs().max() > 1e-3  # the edits do something
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, atol=ATOL, rtol=0)
+
+
 def test_resid_mid_edit_reaches_the_residual_stream(pair: tuple[Backend, Backend]) -> None:
     for backend in pair:
         batch = backend.tokenize(PROMPTS)

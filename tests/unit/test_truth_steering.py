@@ -186,3 +186,30 @@ def test_run_steering_flips_with_the_truth_direction_but_not_with_an_orthogonal_
     assert result.effect("ortho").average == pytest.approx(0.0, abs=1e-6)
     lo, hi = result.interval("truth", n_boot=50)
     assert lo <= result.effect("truth").average <= hi
+
+
+def test_run_steering_on_a_real_model_equals_one_p_diff_per_vector(tmp_path: Path) -> None:
+    """The prefix-once path (hooks backend, KV cache) gives the per-vector P_diff exactly as
+    a plain forward per vector does."""
+    from mechtests.engine import load_backend
+    from mechtests.engine.tiny import resolve
+
+    backend = load_backend(resolve("llama/sft", tmp_path), device="cpu", backend="hf")
+    true_q = ["Paris is in France . this statement is :", "The sky is blue . this statement is :"]
+    false_q = ["Paris is in Peru . this statement is :", "The ."]
+    sites = steering_sites(0, backend.n_layers - 1)
+    gen = torch.Generator().manual_seed(0)
+    vectors = {"a": 10 * torch.randn(backend.d_model, generator=gen),
+               "b": 30 * torch.randn(backend.d_model, generator=gen)}
+    t_id, f_id = backend.token_id(" TRUE"), backend.token_id(" FALSE")
+    result = run_steering(backend, true_q, false_q, vectors, sites, [-3, -2], t_id, f_id,
+                          batch_size=2)
+    close = {"rtol": 1e-4, "atol": 1e-9}  # P_diff of a random tiny model is ~1e-4
+    np.testing.assert_allclose(result.true_none, p_diff(backend, true_q, t_id, f_id), **close)
+    for name, v in vectors.items():
+        sub = p_diff(backend, true_q, t_id, f_id, addition_hooks(sites, [-3, -2], v, -1.0))
+        add = p_diff(backend, false_q, t_id, f_id, addition_hooks(sites, [-3, -2], v, 1.0))
+        np.testing.assert_allclose(result.true_subtract[name], sub, **close)
+        np.testing.assert_allclose(result.false_add[name], add, **close)
+    change = np.abs(result.false_add["b"] - result.false_none) / np.abs(result.false_none)
+    assert change.max() > 0.05  # the vectors act
