@@ -41,6 +41,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 
 from mechtests.errors import DatasetError
@@ -86,19 +87,21 @@ class PatchingSet:
     def __len__(self) -> int:
         return len(self.true_prompts)
 
-    @property
+    # cached: the knowledge statistics read these once per bootstrap resample
+    @cached_property
     def width(self) -> int:
         return max(self.widths) if self.widths else 0
 
-    @property
+    @cached_property
     def knowledge_columns(self) -> tuple[int, ...]:
         return tuple(sorted(self.subject_columns + self.object_columns))
 
-    @property
+    @cached_property
     def first_diff_column(self) -> int:
         """The first column (of the widest window) where some pair's TRUE and FALSE differ."""
-        firsts = [self.width - w + min(d) for w, d in zip(self.widths, self.diff_columns) if d]
-        return min(firsts) if firsts else self.width
+        width = self.width
+        firsts = [width - w + min(d) for w, d in zip(self.widths, self.diff_columns) if d]
+        return min(firsts) if firsts else width
 
     @property
     def last_subject_column(self) -> int:

@@ -69,6 +69,9 @@ def mean_heatmap(ld: np.ndarray) -> np.ndarray:
         return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
 
+_BIN_VALUES = np.concatenate((np.zeros(10), np.linspace(0.1, 1.0, 10)))  # normalize()'s bins
+
+
 def normalize(a: np.ndarray) -> np.ndarray:
     """The paper's ``normalize()`` (paper-spec 2.4): lower half of the range -> 0, upper half
     quantised to 0.1..1.0 in ten equal bins. NaN cells are ignored for the range and stay NaN."""
@@ -77,10 +80,9 @@ def normalize(a: np.ndarray) -> np.ndarray:
     if finite.size == 0:
         return np.full(arr.shape, np.nan)
     edges = np.linspace(finite.min() - 1e-5, finite.max() + 1e-5, 21)
-    bin_values = np.concatenate((np.zeros(10), np.linspace(0.1, 1.0, 10)))
     out = np.full(arr.shape, np.nan)
     ok = np.isfinite(arr)
-    out[ok] = bin_values[np.digitize(arr[ok], edges) - 1]
+    out[ok] = _BIN_VALUES[np.digitize(arr[ok], edges) - 1]
     return out
 
 
