@@ -23,7 +23,8 @@ phase uses (suffix patching, sweeps, KV-cached generation, early-stopped caching
 follows the tokens it pushes through each layer.
 
 "load" is every model switch: loading (items: models loaded) and releasing the previous model
-(``FamilyContext.release``: dropping it and a full ``gc.collect``).
+(``FamilyContext.release``: dropping it, with a full ``gc.collect`` for models on an
+accelerator or of 64 MiB and more).
 
 Patching calls are split by their source: TRUE activations that the same role's model produced
 (collected through the context) make a "patching sweep"; any other source (another model's

@@ -124,3 +124,24 @@ def test_tiny_vocab_starts_with_specials_and_holds_the_readout_words() -> None:
 def test_malformed_tiny_reference_is_a_checkpoint_error(ref: str, tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="tiny:<arch>/<role>"):
         resolve(ref, tmp_path)
+
+
+def test_release_drops_the_model_and_collects_only_for_large_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gc
+
+    from mechtests.engine import hf_common
+
+    calls: list[int] = []
+    monkeypatch.setattr(gc, "collect", lambda *a: calls.append(1) or 0)
+    small = load_backend(resolve("llama/sft", tmp_path), device="cpu")
+    small.release()
+    assert small.model is None
+    assert calls == []  # a tiny CPU model: refcounting frees it
+    small.release()  # twice is harmless
+    monkeypatch.setattr(hf_common, "COLLECT_BYTES", 1)
+    large = load_backend(resolve("llama/sft", tmp_path), device="cpu")
+    large.release()
+    assert large.model is None
+    assert calls == [1]
