@@ -28,7 +28,8 @@ accelerator or of 64 MiB and more).
 
 Patching calls are split by their source: TRUE activations that the same role's model produced
 (collected through the context) make a "patching sweep"; any other source (another model's
-activations, the norm-matched random null) makes "cross-model patching".
+activations, the norm-matched random null) makes "cross-model patching". A call with several
+sources (``patch_heatmaps_many``) is a sweep only if all of them are the target's own.
 """
 
 from __future__ import annotations

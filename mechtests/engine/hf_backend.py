@@ -40,6 +40,7 @@ from mechtests.engine.hf_common import (
     StopAt,
     StopForward,
     apply_fns,
+    full_attention,
     submodule,
 )
 from mechtests.sites import SITE_KINDS, parse_site
@@ -149,10 +150,7 @@ class HooksBackend(HFBackendBase):
         cache is cut back to the prefix. Models with sliding-window layers take the plain path.
         """
         length = int(batch.input_ids.shape[1])
-        config = self.model.config
-        sliding = getattr(config, "use_sliding_window", False) or any(
-            t != "full_attention" for t in (getattr(config, "layer_types", None) or ()))
-        if not 0 < suffix < length or sliding or not variants:
+        if not 0 < suffix < length or not full_attention(self.model.config) or not variants:
             return super().forward_variants(batch, variants, suffix)
         pos = self.position_ids(batch)
         cut = length - suffix

@@ -65,6 +65,14 @@ def apply_fns(fns: Sequence[HookFn], act: torch.Tensor, site: str) -> torch.Tens
     return act
 
 
+def full_attention(config: Any) -> bool:
+    """Whether every layer of an HF config attends to all previous positions (no sliding
+    window: ``layer_types`` all ``full_attention`` and no ``use_sliding_window``)."""
+    layer_types = getattr(config, "layer_types", None) or ()
+    return not getattr(config, "use_sliding_window", False) and all(
+        t == "full_attention" for t in layer_types)
+
+
 def submodule(root: torch.nn.Module, path: str) -> torch.nn.Module:
     """``root``'s submodule at dotted ``path``."""
     return root.get_submodule(path)

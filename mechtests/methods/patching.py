@@ -115,6 +115,15 @@ def _check_source(source: Sequence[torch.Tensor], n_pairs: int, n_layers: int) -
     return int(width)
 
 
+def _check_sources(sources: Sequence[Sequence[torch.Tensor]], n_pairs: int, n_layers: int
+                   ) -> int:
+    """:func:`_check_source` for each of several sources, which must share one window width."""
+    width = {_check_source(source, n_pairs, n_layers) for source in sources}
+    if len(width) != 1:
+        raise ValueError(f"sources differ in window width: {sorted(width)}")
+    return width.pop()
+
+
 def true_activations(
     backend: Backend, prompts: Sequence[str], width: int, batch_size: int = 32
 ) -> list[torch.Tensor]:
@@ -311,10 +320,8 @@ def patch_heatmaps_many(
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     n_layers = backend.n_layers
-    width = {_check_source(source, len(false_prompts), n_layers) for source in sources}
-    if len(width) != 1:
-        raise ValueError(f"sources differ in window width: {sorted(width)}")
-    wids = _widths(len(false_prompts), width.pop(), widths)
+    width = _check_sources(sources, len(false_prompts), n_layers)
+    wids = _widths(len(false_prompts), width, widths)
     note = ""
     if engine in ("auto", "suffix"):
         from mechtests.methods.patching_suffix import patch_suffix_many

@@ -40,11 +40,12 @@ from typing import Any
 import torch
 
 from mechtests.engine.backend import Backend
+from mechtests.engine.hf_common import full_attention
 from mechtests.methods.patching import (
     Readout,
     SuffixEngineUnavailable,
     _by_length,
-    _check_source,
+    _check_sources,
     _chunks,
     _ld,
     _widths,
@@ -69,10 +70,7 @@ def _hf_parts(backend: Backend) -> tuple[Any, Any, torch.nn.ModuleList, Any]:
             f"the suffix engine needs an HF {'/'.join(FAST_TYPES)} model behind the hooks "
             f"backend; got {type(backend).__name__} ({model_type})"
         )
-    layer_types = getattr(config, "layer_types", None) or ()
-    if any(t != "full_attention" for t in layer_types) or getattr(
-        config, "use_sliding_window", False
-    ):
+    if not full_attention(config):
         raise SuffixEngineUnavailable("the suffix engine needs full attention in every layer")
     stack = getattr(model, "model", None)
     layers = getattr(stack, "layers", None)
@@ -193,10 +191,7 @@ def patch_suffix_many(
     """
     model, stack, layers, head = _hf_parts(backend)
     n_layers = len(layers)
-    width = {_check_source(s, len(false_prompts), n_layers) for s in sources}
-    if len(width) != 1:
-        raise ValueError(f"sources differ in window width: {sorted(width)}")
-    w = width.pop()
+    w = _check_sources(sources, len(false_prompts), n_layers)
     wids = _widths(len(false_prompts), w, widths)
     run = _SuffixRun(stack, head, readout, backend.device)
     batch, groups = _by_length(backend, false_prompts)
@@ -207,13 +202,15 @@ def patch_suffix_many(
     for length, members in groups.items():
         for chunk in _chunks(members, max_rows):
             ids = batch.input_ids[list(chunk)][:, -length:].to(backend.device)
-            resid, kv, clean = run.false_pass(model, ids, layers, w)
+            resid, kv, clean = run.false_pass(model, ids, w)
             idx = torch.tensor(list(chunk))
             ld_false[idx] = clean
+            same = _same_values(sources, idx, resid)
             # pairs in order of their first column with work: those of column j are a prefix
-            start = _first_active_column(sources, idx, resid, [wids[i] for i in chunk])
+            start = _first_active_column(same, [wids[i] for i in chunk])
             order = torch.argsort(start, stable=True)
             idx, start, clean = idx[order], start[order], clean[order]
+            same = [[m[order] for m in per_layer] for per_layer in same]
             first = torch.tensor([w - wids[i] for i in idx.tolist()])  # window's first column
             on = order.to(backend.device)
             resid = [r[on] for r in resid]
@@ -228,20 +225,26 @@ def patch_suffix_many(
                     part = slice(a, min(n, a + step))
                     run.column(lds, sources, idx[part], j, w, length,
                                [r[part] for r in resid], [(k[part], v[part]) for k, v in kv],
-                               clean[part])
+                               clean[part], [[m[part, j] for m in ms] for ms in same])
     return lds, ld_false
 
 
-def _first_active_column(sources: Sequence[Sequence[torch.Tensor]], idx: torch.Tensor,
-                         resid: list[torch.Tensor], wids: Sequence[int]) -> torch.Tensor:
+def _same_values(sources: Sequence[Sequence[torch.Tensor]], idx: torch.Tensor,
+                 resid: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+    """``[source][layer]``: bool ``[pair, W]`` (CPU), where the source's value equals the FALSE
+    run's bit for bit (a no-op patch: self-patching before the first differing token)."""
+    return [[(src[layer][idx].to(false.device, false.dtype) == false).all(-1).cpu()
+             for layer, false in enumerate(resid)] for src in sources]
+
+
+def _first_active_column(same: list[list[torch.Tensor]], wids: Sequence[int]) -> torch.Tensor:
     """Per pair, the first column of its window where some source's value differs from the
-    FALSE run's (bit for bit) at some layer; the window width ``W`` where none does."""
-    width = resid[0].shape[1]
+    FALSE run's at some layer; the window width ``W`` where none does."""
+    width = same[0][0].shape[1]
     active = torch.zeros(len(wids), width, dtype=torch.bool)
-    for src in sources:
-        for layer, false in enumerate(resid):
-            value = src[layer][idx].to(false.device, false.dtype)
-            active |= (value != false).any(-1).cpu()
+    for per_layer in same:
+        for equal in per_layer:
+            active |= ~equal
     cols = torch.arange(width)
     active &= cols[None] >= torch.tensor([width - w for w in wids])[:, None]
     return torch.where(active, cols[None], width).amin(1)
@@ -260,36 +263,36 @@ class _SuffixRun:
         self.readout_b = None if bias is None else bias[pick]
         self.readout = readout
 
-    def false_pass(self, model: Any, ids: torch.Tensor, layers: torch.nn.ModuleList, width: int
+    def false_pass(self, model: Any, ids: torch.Tensor, width: int
                    ) -> tuple[list[torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]],
                               torch.Tensor]:
         """The FALSE prompts once: every block's output at the last ``width`` positions, the
         key/value cache and the clean ``LD``."""
         resid: dict[int, torch.Tensor] = {}
-        handles = [layers[i].register_forward_hook(_keep(resid, i, width))
-                   for i in range(len(layers))]
+        handles = [block.register_forward_hook(_keep(resid, i, width))
+                   for i, block in enumerate(self.blocks)]
         try:
             with torch.no_grad():
                 out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
         finally:
             for h in handles:
                 h.remove()
-        kv = _kv_of(getattr(out, "cache", None) or out.past_key_values, len(layers))
-        return [resid[i] for i in range(len(layers))], kv, _ld(out.logits[:, -1].float(),
+        kv = _kv_of(getattr(out, "cache", None) or out.past_key_values, len(self.blocks))
+        return [resid[i] for i in range(len(self.blocks))], kv, _ld(out.logits[:, -1].float(),
                                                                self.readout)
 
     def column(self, lds: list[torch.Tensor], sources: Sequence[Sequence[torch.Tensor]],
                idx: torch.Tensor, j: int, width: int, length: int, resid: list[torch.Tensor],
-               kv: list[tuple[torch.Tensor, torch.Tensor]], clean: torch.Tensor) -> None:
-        """Fill ``ld[idx, :, j]`` of every source: the pairs ``idx`` are the chunk's first
-        ``n`` (the ones whose window reaches column ``j``)."""
-        n, last = idx.numel(), len(self.blocks) - 1
+               kv: list[tuple[torch.Tensor, torch.Tensor]], clean: torch.Tensor,
+               noop: list[list[torch.Tensor]]) -> None:
+        """Fill ``ld[idx, :, j]`` of every source for the pairs ``idx`` (their residuals, cache
+        and clean LD sliced alike); ``noop[source][layer]`` marks the pairs whose patch at
+        column ``j`` changes nothing."""
+        last = len(self.blocks) - 1
         p = width - j  # suffix length: the patched token and everything after it
         prefix_len = length - p
         values = [[src[layer][idx, j].to(self.device, resid[layer].dtype) for layer in
                    range(last + 1)] for src in sources]
-        noop = [[(values[s][layer] == resid[layer][:n, j]).all(-1).cpu()
-                 for layer in range(last + 1)] for s in range(len(sources))]
         # what is there: cells of the last layer at non-final positions (the last block cannot
         # reach the last token) and sites whose every pair is a no-op (not computed below)
         for ld_s in lds:
@@ -301,7 +304,7 @@ class _SuffixRun:
             for b in range(1, last + 1):
                 new = [(s, b - 1) for s in range(len(sources)) if not bool(noop[s][b - 1].all())]
                 if new:
-                    patched = resid[b - 1][:n, None, j:].repeat(1, len(new), 1, 1)
+                    patched = resid[b - 1][:, None, j:].repeat(1, len(new), 1, 1)
                     patched[:, :, 0] = torch.stack([values[s][layer] for s, layer in new], 1)
                     hidden = patched if hidden is None else torch.cat([hidden, patched], 1)
                     sites += new
@@ -309,7 +312,7 @@ class _SuffixRun:
                     continue
                 k, v = kv[b]
                 cos, sin = self.stack.rotary_emb(hidden, positions)
-                prefix = _Prefix(k[:n, :, :prefix_len], v[:n, :, :prefix_len], cos[0], sin[0])
+                prefix = _Prefix(k[:, :, :prefix_len], v[:, :, :prefix_len], cos[0], sin[0])
                 hidden = _block(self.blocks[b], hidden, prefix, last_only=b == last)
             outs = [] if hidden is None else [hidden[:, :, -1]]
             if p == 1:  # sites of the last layer: the patched value is the last block's output
@@ -322,7 +325,7 @@ class _SuffixRun:
             out = torch.cat(outs, 1)  # [n, site, d]
             logits = torch.nn.functional.linear(self.stack.norm(out), self.readout_w,
                                                 self.readout_b).float()
-        ld = (logits[..., 0].double() - logits[..., 1].double()).cpu()  # [n, site]
+        ld = _ld(logits, (0, 1))  # [n, site]
         for k_site, (s, layer) in enumerate(sites):
             lds[s][idx, layer, j] = torch.where(noop[s][layer], clean, ld[:, k_site])
 

@@ -180,13 +180,7 @@ def p_diff(
     batch_size: int = 16,
 ) -> np.ndarray:
     """Per-prompt ``P(true_id) - P(false_id)`` at the last position (float32 softmax), float64."""
-    out: list[np.ndarray] = []
-    for start in range(0, len(prompts), batch_size):
-        batch = backend.tokenize(list(prompts[start : start + batch_size]))
-        with torch.no_grad():
-            logits = backend.forward(batch, hooks=hooks, last_only=True)[:, -1, :]
-        out.append(_p_diff(logits, true_id, false_id))
-    return np.concatenate(out) if out else np.zeros(0)
+    return p_diff_variants(backend, prompts, true_id, false_id, [hooks], None, batch_size)[0]
 
 
 def _p_diff(logits: torch.Tensor, true_id: int, false_id: int) -> np.ndarray:
@@ -200,13 +194,14 @@ def p_diff_variants(
     true_id: int,
     false_id: int,
     variants: Sequence[Sequence[Hook]],
-    suffix: int,
+    suffix: int | None,
     batch_size: int = 16,
 ) -> list[np.ndarray]:
-    """:func:`p_diff` under each hook set of ``variants`` (hooks that change only the last
-    ``suffix`` positions): per batch the backend's ``forward_variants`` runs the prompt prefix
-    once for all of them where it can (a plain forward per variant otherwise)."""
-    run = getattr(backend, "forward_variants", None)
+    """:func:`p_diff` under each hook set of ``variants``. With ``suffix`` (the hooks change
+    only the last ``suffix`` positions) the backend's ``forward_variants`` runs each batch's
+    prompt prefix once for all of them where it can; otherwise (or ``suffix=None``) each
+    variant is a plain forward."""
+    run = getattr(backend, "forward_variants", None) if suffix is not None else None
     out: list[list[np.ndarray]] = [[] for _ in variants]
     for start in range(0, len(prompts), batch_size):
         batch = backend.tokenize(list(prompts[start : start + batch_size]))
