@@ -19,8 +19,9 @@ Three engines compute the same numbers:
 * :func:`patch_sweep` - protocol only: many sites per forward, each batch row a copy of a
   FALSE prompt, one hook per layer writing the TRUE activation into its rows at their positions.
   It works on any backend but does the full forward for every site.
-* :func:`patch_suffix` - the fast engine for HuggingFace Llama-like decoders (Llama, Mistral,
-  Qwen2 with full attention; :mod:`mechtests.methods.patching_suffix`). A site's patch changes
+* :func:`patch_suffix` - the fast engine for HuggingFace decoders of the Llama, Mistral, Qwen2,
+  Gemma-2 and Gemma-3 families (:mod:`mechtests.methods.patching_suffix`, blocks in
+  :mod:`mechtests.methods.suffix_blocks`). A site's patch changes
   nothing below its layer and, with causal attention, nothing before its position. So the FALSE
   prompts run once (keeping every layer's residual and key/value cache); then, per column
   (position ``-p``), one sweep up the stack runs every layer's site of that column for a batch of

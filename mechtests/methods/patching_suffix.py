@@ -1,4 +1,4 @@
-"""The fast patching engine: suffix re-runs through lean copies of an HF Llama-like block.
+"""The fast patching engine: suffix re-runs through lean copies of an HF decoder block.
 
 See :mod:`mechtests.methods.patching` for the method and the layout. A site ``(l, -p)`` changes
 nothing below block ``l`` and, with causal attention, nothing before position ``-p``. So the
@@ -18,141 +18,50 @@ column for a whole batch of pairs and every source at once:
 
 Work per site: ``p`` tokens through ``L - 2 - l`` blocks and one token through the last, as
 the per-site loop would need if it started at the patched layer and position; the batching
-only changes how many sites share one matrix multiply. The blocks' linear layers, norms, MLP
-and rotary embedding are the model's own modules; attention is written out here (softmax over
-prefix and suffix scores with one shared maximum, in the model's dtype, as HF's eager
-attention).
-
-Supported: ``model_type`` llama, mistral, qwen2 with full attention in every layer (pre-norm
-blocks ``h + attn(norm(h))``, ``h + mlp(norm(h))``, rotary embeddings; Qwen2's q/k/v biases
-live in its linear layers). Gemma-2 (embedding scale, soft-capping, sliding layers) and any
-other backend raise :class:`~mechtests.methods.patching.SuffixEngineUnavailable`, and
+only changes how many sites share one matrix multiply. The blocks themselves (Llama, Mistral,
+Qwen2, Gemma-2, Gemma-3: sandwich norms, q/k norms, soft-capping, sliding windows) are in
+:mod:`mechtests.methods.suffix_blocks`; the FALSE pass keeps every layer's whole key/value
+history (a plain ``DynamicCache``: sliding layers' HF caches would drop old keys), and the
+readout applies the final logit soft-cap where the config has one. Any other backend raises
+:class:`~mechtests.methods.patching.SuffixEngineUnavailable`, and
 :func:`~mechtests.methods.patching.patch_heatmaps` uses the protocol-only sweep instead. The
 model is only read: the FALSE pass's hooks are removed in a ``finally``.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from mechtests.engine.backend import Backend
-from mechtests.engine.hf_common import full_attention
 from mechtests.methods.patching import (
     Readout,
-    SuffixEngineUnavailable,
     _by_length,
     _check_sources,
     _chunks,
     _ld,
     _widths,
 )
+from mechtests.methods.suffix_blocks import (
+    ARCHS,
+    Decoder,
+    Prefix,
+    block_forward,
+    decoder_of,
+    rotary_tables,
+    soft_cap,
+)
 
 __all__ = ["FAST_TYPES", "patch_suffix", "patch_suffix_many"]
 
-FAST_TYPES = ("llama", "mistral", "qwen2")
+FAST_TYPES = tuple(ARCHS)
 # suffix tokens (pairs x sites x p) per block call: bounds the memory of one call. CPU: 2k-64k
 # measured alike on the organism. CUDA (not yet measured): 16k rows of an 8B model's MLP are
 # about 1 GB of bf16 activations, inside the 1.15 x weights memory goal's headroom.
 TOKEN_BUDGET = {"cpu": 1 << 13, "cuda": 1 << 14}
-
-
-def _hf_parts(backend: Backend) -> tuple[Any, Any, torch.nn.ModuleList, Any]:
-    """(causal LM, decoder stack, its layers, lm_head) or :class:`SuffixEngineUnavailable`."""
-    model = getattr(backend, "model", None)
-    config = getattr(model, "config", None)
-    model_type = getattr(config, "model_type", None)
-    if model is None or model_type not in FAST_TYPES:
-        raise SuffixEngineUnavailable(
-            f"the suffix engine needs an HF {'/'.join(FAST_TYPES)} model behind the hooks "
-            f"backend; got {type(backend).__name__} ({model_type})"
-        )
-    if not full_attention(config):
-        raise SuffixEngineUnavailable("the suffix engine needs full attention in every layer")
-    stack = getattr(model, "model", None)
-    layers = getattr(stack, "layers", None)
-    head = getattr(model, "lm_head", None)
-    if not isinstance(layers, torch.nn.ModuleList) or head is None:
-        raise SuffixEngineUnavailable("model has no model.layers / lm_head")
-    for block in layers:
-        _check_block(stack, block)
-    return model, stack, layers, head
-
-
-def _check_block(stack: Any, block: Any) -> None:
-    attn = getattr(block, "self_attn", None)
-    needed = [(stack, "rotary_emb"), (stack, "norm"), (block, "input_layernorm"),
-              (block, "post_attention_layernorm"), (block, "mlp"), (attn, "q_proj"),
-              (attn, "k_proj"), (attn, "v_proj"), (attn, "o_proj"), (attn, "head_dim"),
-              (attn, "scaling")]
-    missing = [name for obj, name in needed if not hasattr(obj, name)]
-    if missing:
-        raise SuffixEngineUnavailable(f"a decoder block lacks {', '.join(missing)}")
-
-
-def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
-
-
-@dataclass(frozen=True)
-class _Prefix:
-    """One block's cached FALSE keys and values of the ``prefix`` positions before the suffix
-    ``[pair, kv_head, prefix, head_dim]`` and the rotary tables of the suffix positions."""
-
-    keys: torch.Tensor
-    values: torch.Tensor
-    cos: torch.Tensor  # [p, head_dim]
-    sin: torch.Tensor
-
-
-def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix: _Prefix,
-               scale: float) -> torch.Tensor:
-    """Causal attention of the last ``q`` of each site's ``p`` tokens over the shared prefix and
-    the site's own keys. ``q [n, kv_head, site, group, q, hd]``; ``k, v [n, kv_head, site, p,
-    hd]``; returns ``[n, kv_head, site, group, q, hd]``."""
-    n, hk, s, g, nq, hd = q.shape
-    p = k.shape[3]
-    flat = q.reshape(n, hk, s * g * nq, hd)
-    pre = torch.matmul(flat, prefix.keys.transpose(-1, -2)).mul_(scale)  # [n, hk, s*g*q, P]
-    own = torch.matmul(q.reshape(n, hk, s, g * nq, hd), k.transpose(-1, -2)).mul_(scale)
-    # query i (of the last nq) sits at suffix position p - nq + i and sees keys 0 .. that
-    causal = torch.ones(nq, p, dtype=torch.bool, device=q.device).tril(p - nq)
-    own = own.view(n, hk, s, g, nq, p).masked_fill_(~causal, float("-inf"))
-    pre = pre.view(n, hk, s, g, nq, -1)
-    top = torch.maximum(pre.amax(-1, keepdim=True) if pre.shape[-1] else own.amax(-1, True),
-                        own.amax(-1, keepdim=True))
-    pre = pre.sub_(top).exp_()
-    own = own.sub_(top).exp_()
-    total = pre.sum(-1, keepdim=True) + own.sum(-1, keepdim=True)
-    out = torch.matmul(pre.view(n, hk, s * g * nq, -1), prefix.values).view(n, hk, s, g, nq, hd)
-    out += torch.matmul(own.view(n, hk, s, g * nq, p), v).view(n, hk, s, g, nq, hd)
-    return out.div_(total)
-
-
-def _block(block: Any, hidden: torch.Tensor, prefix: _Prefix, last_only: bool) -> torch.Tensor:
-    """One pre-norm decoder block on ``hidden [n, site, p, d]`` after the cached prefix; with
-    ``last_only`` only the last position's output ``[n, site, 1, d]``."""
-    attn = block.self_attn
-    n, s, p, _ = hidden.shape
-    hd = attn.head_dim
-    x = block.input_layernorm(hidden)
-    xq = x[:, :, -1:] if last_only else x
-    nq = xq.shape[2]
-    k = attn.k_proj(x).view(n, s, p, -1, hd)
-    hk = k.shape[3]
-    q = attn.q_proj(xq).view(n, s, nq, hk, -1, hd)  # heads h = kv_head * group + g (repeat_kv)
-    q = _rope(q, prefix.cos[-nq:, None, None], prefix.sin[-nq:, None, None])
-    k = _rope(k, prefix.cos[:, None], prefix.sin[:, None])
-    v = attn.v_proj(x).view(n, s, p, hk, hd)
-    out = _attention(q.permute(0, 3, 1, 4, 2, 5), k.permute(0, 3, 1, 2, 4),
-                     v.permute(0, 3, 1, 2, 4), prefix, attn.scaling)
-    out = out.permute(0, 2, 4, 1, 3, 5).reshape(n, s, nq, -1)
-    h = hidden[:, :, -nq:] + attn.o_proj(out)
-    return h + block.mlp(block.post_attention_layernorm(h))
 
 
 def _kv_of(cache: Any, n_layers: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -189,11 +98,11 @@ def patch_suffix_many(
     runs: ``([ld [pair, layer, W] per source], ld_false [pair])``. ``max_rows`` caps the pairs
     per FALSE pass. Raises :class:`SuffixEngineUnavailable` for backends it does not support.
     """
-    model, stack, layers, head = _hf_parts(backend)
-    n_layers = len(layers)
+    decoder = decoder_of(backend)
+    n_layers = len(decoder.blocks)
     w = _check_sources(sources, len(false_prompts), n_layers)
     wids = _widths(len(false_prompts), w, widths)
-    run = _SuffixRun(stack, head, readout, backend.device)
+    run = _SuffixRun(decoder, readout, backend.device)
     batch, groups = _by_length(backend, false_prompts)
     lds = [torch.full((len(false_prompts), n_layers, w), float("nan"), dtype=torch.float64)
            for _ in sources]
@@ -202,7 +111,7 @@ def patch_suffix_many(
     for length, members in groups.items():
         for chunk in _chunks(members, max_rows):
             ids = batch.input_ids[list(chunk)][:, -length:].to(backend.device)
-            resid, kv, clean = run.false_pass(model, ids, w)
+            resid, kv, clean = run.false_pass(ids, w)
             idx = torch.tensor(list(chunk))
             ld_false[idx] = clean
             same = _same_values(sources, idx, resid)
@@ -253,9 +162,10 @@ def _first_active_column(same: list[list[torch.Tensor]], wids: Sequence[int]) ->
 class _SuffixRun:
     """One target model's suffix runs: the FALSE pass of a chunk, then one column at a time."""
 
-    def __init__(self, stack: Any, head: Any, readout: Readout, device: torch.device) -> None:
-        self.stack, self.device = stack, device
-        self.blocks = list(stack.layers)
+    def __init__(self, decoder: Decoder, readout: Readout, device: torch.device) -> None:
+        self.decoder, self.device = decoder, device
+        self.stack, self.blocks = decoder.stack, decoder.blocks
+        head = decoder.head
         # only the readout's two rows of the unembedding (the LD needs no other logit)
         pick = torch.tensor(list(readout), device=head.weight.device)
         self.readout_w = head.weight[pick]
@@ -263,17 +173,25 @@ class _SuffixRun:
         self.readout_b = None if bias is None else bias[pick]
         self.readout = readout
 
-    def false_pass(self, model: Any, ids: torch.Tensor, width: int
+    def false_pass(self, ids: torch.Tensor, width: int
                    ) -> tuple[list[torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]],
                               torch.Tensor]:
         """The FALSE prompts once: every block's output at the last ``width`` positions, the
-        key/value cache and the clean ``LD``."""
+        whole key/value history of every layer and the clean ``LD``."""
+        from transformers import DynamicCache
+
+        model = self.decoder.model
         resid: dict[int, torch.Tensor] = {}
         handles = [block.register_forward_hook(_keep(resid, i, width))
                    for i, block in enumerate(self.blocks)]
+        # transformers 5 renamed past_key_values to cache; without a config the cache keeps
+        # every position of sliding-window layers too
+        kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters \
+            else "past_key_values"
         try:
             with torch.no_grad():
-                out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+                out = model(input_ids=ids, use_cache=True, logits_to_keep=1,
+                            **{kwarg: DynamicCache()})
         finally:
             for h in handles:
                 h.remove()
@@ -300,7 +218,9 @@ class _SuffixRun:
         sites: list[tuple[int, int]] = []  # (source, layer) along the hidden's site axis
         hidden: torch.Tensor | None = None
         positions = torch.arange(prefix_len, length, device=self.device)[None]
+        decoder = self.decoder
         with torch.no_grad():
+            tables = rotary_tables(decoder, resid[0], positions)
             for b in range(1, last + 1):
                 new = [(s, b - 1) for s in range(len(sources)) if not bool(noop[s][b - 1].all())]
                 if new:
@@ -311,9 +231,11 @@ class _SuffixRun:
                 if hidden is None:
                     continue
                 k, v = kv[b]
-                cos, sin = self.stack.rotary_emb(hidden, positions)
-                prefix = _Prefix(k[:, :, :prefix_len], v[:, :, :prefix_len], cos[0], sin[0])
-                hidden = _block(self.blocks[b], hidden, prefix, last_only=b == last)
+                cos, sin = tables[decoder.layer_types[b]]
+                prefix = Prefix(k[:, :, :prefix_len], v[:, :, :prefix_len], cos, sin,
+                                decoder.windows[b], decoder.attn_softcap)
+                hidden = block_forward(decoder, self.blocks[b], hidden, prefix,
+                                       last_only=b == last)
             outs = [] if hidden is None else [hidden[:, :, -1]]
             if p == 1:  # sites of the last layer: the patched value is the last block's output
                 new = [(s, last) for s in range(len(sources)) if not bool(noop[s][last].all())]
@@ -324,7 +246,8 @@ class _SuffixRun:
                 return
             out = torch.cat(outs, 1)  # [n, site, d]
             logits = torch.nn.functional.linear(self.stack.norm(out), self.readout_w,
-                                                self.readout_b).float()
+                                                self.readout_b)
+            logits = soft_cap(logits, decoder.final_softcap).float()
         ld = _ld(logits, (0, 1))  # [n, site]
         for k_site, (s, layer) in enumerate(sites):
             lds[s][idx, layer, j] = torch.where(noop[s][layer], clean, ld[:, k_site])

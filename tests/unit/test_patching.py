@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import torch
 
-from mechtests.methods import patching, patching_suffix
+from mechtests.methods import patching, patching_suffix, suffix_blocks
 from mechtests.methods.patching import (
     clean_logit_diffs,
     patch_heatmaps,
@@ -30,7 +30,7 @@ Q = " this statement is :"
 WIDTH = 12
 
 
-def _backend(arch: str = "llama", seed: int = 0, layers: int = 3) -> Any:
+def _backend(arch: str = "llama", seed: int = 0, layers: int = 3, **overrides: Any) -> Any:
     import transformers
 
     from mechtests.engine.hf_backend import HooksBackend
@@ -43,15 +43,12 @@ def _backend(arch: str = "llama", seed: int = 0, layers: int = 3) -> Any:
         initializer_range=0.3, tie_word_embeddings=False, pad_token_id=0, bos_token_id=2,
         eos_token_id=3, head_dim=8,
     )
-    if arch == "gemma2":
-        kwargs.update(query_pre_attn_scalar=8, sliding_window=64)
     config = getattr(transformers, {"llama": "LlamaConfig", "qwen2": "Qwen2Config",
-                                    "mistral": "MistralConfig",
-                                    "gemma2": "Gemma2Config"}[arch])(**kwargs)
+                                    "mistral": "MistralConfig"}[arch])(**kwargs, **overrides)
     config._attn_implementation = "eager"
     torch.manual_seed(seed)
     model_cls = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
-                 "mistral": "MistralForCausalLM", "gemma2": "Gemma2ForCausalLM"}[arch]
+                 "mistral": "MistralForCausalLM"}[arch]
     model = getattr(transformers, model_cls)(config).eval()
     model.requires_grad_(False)
     return HooksBackend(model, build_tokenizer(vocab), name=f"{arch}-{seed}")
@@ -124,13 +121,16 @@ def test_pairs_of_other_lengths_and_narrower_windows(model: Any) -> None:
     torch.testing.assert_close(res.ld, ref, atol=1e-5, rtol=0, equal_nan=True)
 
 
-def test_unsupported_architectures_fall_back_to_the_sweep() -> None:
-    backend = _backend("gemma2")
+def test_architectures_the_engine_does_not_know_fall_back_to_the_sweep(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    backend = _backend("llama", layers=2)
+    monkeypatch.delitem(suffix_blocks.ARCHS, "llama")
     src = true_activations(backend, _prompts(TRUE[:1]), WIDTH)
     args = (backend, _prompts(FALSE[:1]), src, _readout(backend))
     res = patch_heatmaps(*args)
     assert res.engine == "sweep"
-    assert "gemma2" in res.note
+    assert "(llama)" in res.note
     torch.testing.assert_close(res.ld, patch_loop(*args), atol=1e-5, rtol=0)
     with pytest.raises(patching.SuffixEngineUnavailable):
         patch_heatmaps(*args, engine="suffix")
@@ -162,6 +162,22 @@ def test_qwen2_and_mistral_use_the_suffix_engine(arch: str) -> None:
     res = patch_heatmaps(*args)
     assert res.engine == "suffix"
     torch.testing.assert_close(res.ld, patch_loop(*args), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(("arch", "window"), [
+    ("mistral", {"sliding_window": 5}),
+    ("qwen2", {"use_sliding_window": True, "sliding_window": 5, "max_window_layers": 1}),
+])
+def test_sliding_windows_shorter_than_the_prompt_are_followed(arch: str,
+                                                              window: dict[str, Any]) -> None:
+    backend = _backend(arch, layers=3, **window)
+    src = true_activations(backend, _prompts(TRUE[:2]), WIDTH)
+    args = (backend, _prompts(FALSE[:2]), src, _readout(backend))
+    full = _backend(arch, layers=3)  # same weights, full attention: a different map
+    ref = patch_loop(*args)
+    assert float((patch_loop(full, *args[1:]) - ref).abs().max()) > 0.05
+    fast, _ = patch_suffix(*args)
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=0)
 
 
 def test_bad_arguments_are_rejected(model: Any) -> None:
