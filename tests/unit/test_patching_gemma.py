@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import torch
 
+from mechtests.engine.archs import ARCH_SPECS
 from mechtests.methods import patching_suffix, suffix_blocks
 from mechtests.methods.patching import (
     patch_heatmaps,
@@ -64,7 +65,10 @@ def _gemma(arch: str, seed: int = 0, **overrides: Any) -> Any:
             if name.endswith("norm.weight"):
                 param.normal_(0.0, 0.5)
     model.requires_grad_(False)
-    return HooksBackend(model, build_tokenizer(vocab), name=f"{arch}-{seed}")
+    with pytest.MonkeyPatch.context() as patch:  # Gemma-3's block has Gemma-2's module names
+        patch.setitem(ARCH_SPECS, "gemma3_text", ARCH_SPECS.get("gemma3_text",
+                                                                ARCH_SPECS["gemma2"]))
+        return HooksBackend(model, build_tokenizer(vocab), name=f"{arch}-{seed}")
 
 
 def _prompts(statements: list[str]) -> list[str]:
