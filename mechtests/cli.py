@@ -4,6 +4,7 @@
     mechtests families                 list the model families and their checkpoints
     mechtests report [--alluredir DIR] HTML claim matrix + single-file Allure 3 report
     mechtests organism build ...       train the organism family (base, SFT, instruct, control)
+    mechtests datasets fetch [--dest]  download the paper's datasets, checked by sha256
 
 ``mechtests run`` passes every argument on to pytest, so all plugin options work, e.g.
 ``mechtests run --model-family tiny -n 2``. Its exit status is pytest's: non-zero when a claim
@@ -70,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_report_subparser(sub)
     add_bench_subparser(sub)
+    from mechtests.data.fetch import add_datasets_subparser
+
+    add_datasets_subparser(sub)
     try:
         from mechtests.organism.cli import add_subparser
     except ImportError:  # organism package not available
@@ -88,6 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _families(args.families_file)
     if args.command == "bench":
         return run_bench(args)
+    if args.command == "datasets":
+        from mechtests.data.fetch import run_datasets
+
+        return run_datasets(args)
     if args.command == "report":
         from mechtests.report.cli import run_report
 

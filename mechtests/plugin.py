@@ -74,8 +74,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "the user cache dir (~/.cache/mechtests).")
     group.addoption("--mechtests-datasets", default=None, metavar="DIR",
                     help="Folder with the paper's datasets (du2025/, refusal_splits/, advbench/, "
-                         "alpaca/) for real families. Default: $MECHTESTS_DATASETS, else none "
-                         "(claims that need them are skipped with that reason).")
+                         "alpaca/) for real families. Default: $MECHTESTS_DATASETS, else the "
+                         "folder of the last `mechtests datasets fetch`, else none (claims that "
+                         "need them are skipped with that reason).")
     group.addoption("--claim-report", default="reports", metavar="DIR",
                     help="Where the claim matrix (claim_matrix.json/.md) and plots go. "
                          "Default: reports/ (relative to the current directory).")

@@ -10,7 +10,8 @@ workspace; see its README)::
     <root>/advbench/harmful_behaviors.csv, <root>/alpaca/alpaca_no_input.json
 
 ``builtin:organism`` is the suite's own data in that layout (``fixtures/organism/datasets``);
-``paper`` is the folder given by ``--mechtests-datasets`` or ``MECHTESTS_DATASETS``.
+``paper`` is the folder given by ``--mechtests-datasets``, else ``MECHTESTS_DATASETS``, else the
+folder of the last complete ``mechtests datasets fetch`` (:mod:`mechtests.data.fetch`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from mechtests.data.fetch import fetched_datasets_dir
 from mechtests.errors import ConfigError, DatasetError
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -40,9 +42,10 @@ class DatasetSource:
         """The file ``relative`` (e.g. ``du2025/cities.csv``), or a one-line error with the fix."""
         if self.root is None:
             raise DatasetsUnavailable(
-                f"dataset {relative} needs the paper's datasets, which were not given. Fix: pass "
-                f"--mechtests-datasets DIR (or set {DATASETS_ENV}) to a folder holding du2025/, "
-                "refusal_splits/, advbench/ and alpaca/."
+                f"dataset {relative} needs the paper's datasets, which were not given. Fix: run "
+                "`mechtests datasets fetch` once, or pass --mechtests-datasets DIR (or set "
+                f"{DATASETS_ENV}) to a folder holding du2025/, refusal_splits/, advbench/ and "
+                "alpaca/."
             )
         path = self.root / relative
         if not path.is_file():
@@ -69,8 +72,10 @@ def dataset_source(spec: str, datasets_dir: Path | None) -> DatasetSource:
             )
         return DatasetSource(spec, root)
     if spec == "paper":
-        given = datasets_dir or (
-            Path(os.environ[DATASETS_ENV]) if os.environ.get(DATASETS_ENV) else None
+        given = (
+            datasets_dir
+            or (Path(os.environ[DATASETS_ENV]) if os.environ.get(DATASETS_ENV) else None)
+            or fetched_datasets_dir()
         )
         if given is not None and not given.is_dir():
             raise DatasetError(
