@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import json
 import os
+import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from mechtests.errors import ConfigError
+from mechtests.errors import ConfigError, MechTestsError
 
 if TYPE_CHECKING:
     from mechtests.runner import ClaimCase, ClaimRunner
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 OPT_FAMILY = "--model-family"
 RECORD_KEY = "mechtests_claim"
 CACHE_ENV = "MECHTESTS_CACHE"
+REPORT_FILES = ("claim_matrix.json", "claim_matrix.md", "claim_matrix.html")
 _STATE = pytest.StashKey["_State"]()
 
 
@@ -91,6 +93,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--update-baseline", action="store_true", default=False,
                     help="Write --baseline FILE from this run instead of comparing. "
                          "Default: off.")
+    group.addoption("--baseline-prune", action="store_true", default=False,
+                    help="With --update-baseline: drop stored results that this run did not "
+                         "produce (by default they are kept, so a partial run never shrinks the "
+                         "baseline). Default: off.")
     group.addoption("--mechtests-dist", default="family", choices=("family", "xdist"),
                     help="With -n: family = one worker runs all claim tests of a family "
                          "(loads its models once); xdist = xdist's own --dist. Default: family.")
@@ -122,13 +128,16 @@ class _State:
         self.claims = load_claims()
         path = opt("--thresholds")
         self.thresholds = load_thresholds(Path(path) if path else None,
-                                          claim_ids=[c.id for c in self.claims])
+                                          claim_ids=[c.id for c in self.claims],
+                                          families=list(all_families))
         self.report_dir = Path(opt("--claim-report"))
         cache = opt("--mechtests-cache")
         self.cache_dir = Path(cache) if cache else default_cache_dir()
         datasets = opt("--mechtests-datasets")
         self.datasets_dir = Path(datasets) if datasets else None
         self.records: list[dict[str, Any]] = []
+        self.expected: int | None = None  # claim tests collected (None: not known)
+        self.incomplete: str | None = None  # why the run stopped early (set at session end)
         self.written: list[Path] = []
         self.runner: ClaimRunner | None = None
 
@@ -163,6 +172,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_STATE] = state
     if not hasattr(config, "workerinput"):  # the controller (or a run without xdist)
         config.pluginmanager.register(_Recorder(state), "mechtests-recorder")
+        _one_line_failures(config)
     # ---- issue 7: worker GPU pinning + family scheduling, Allure attachments, baseline gate
     from mechtests.report.allure import register_allure
     from mechtests.report.baseline import register_baseline
@@ -172,6 +182,42 @@ def pytest_configure(config: pytest.Config) -> None:
     register_allure(config)
     if not hasattr(config, "workerinput"):
         register_baseline(config, state)
+
+
+def _runs_claim_suite(config: pytest.Config) -> bool:
+    from mechtests.preflight import targets_claim_suite
+
+    return not config.getoption("collectonly") and targets_claim_suite(config.args)
+
+
+def _one_line_failures(config: pytest.Config) -> None:
+    """A claim run prints the matrix and one line per FAIL/ERROR cell (pytest's short summary),
+    not a traceback per cell; ``-v``, ``--tb`` or ``--full-trace`` bring the tracebacks back."""
+    args = config.invocation_params.args
+    asked = any(str(a).startswith("--tb") for a in args) or config.getoption("fulltrace")
+    if _runs_claim_suite(config) and not asked and config.get_verbosity() < 1:
+        config.option.tbstyle = "no"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The preflight (mechtests.preflight), once, in the controller, before xdist starts
+    workers: a bad input is one ``ERROR:`` line and exit code 4. Then the previous run's
+    reports are removed, so a run that dies leaves no report that looks current."""
+    config = session.config
+    state = config.stash.get(_STATE, None)
+    if state is None or hasattr(config, "workerinput") or not _runs_claim_suite(config):
+        return
+    from mechtests.preflight import run_preflight
+
+    try:
+        run_preflight(config, state)
+    except MechTestsError as exc:
+        if config.getoption("fulltrace"):
+            traceback.print_exc()
+        raise pytest.UsageError(str(exc)) from None
+    for name in REPORT_FILES:
+        (state.report_dir / name).unlink(missing_ok=True)
 
 
 @pytest.hookimpl(optionalhook=True, tryfirst=True)
@@ -276,6 +322,14 @@ class _Recorder:
     def __init__(self, state: _State) -> None:
         self.state = state
 
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        if not session.config.getoption("collectonly"):
+            self.state.expected = sum(_is_claim_test(item.nodeid) for item in session.items)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        self.state.expected = max(self.state.expected or 0, sum(map(_is_claim_test, ids)))
+
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when != "call" and not (report.when == "setup" and report.skipped):
             return
@@ -290,19 +344,25 @@ class _Recorder:
             self.state.records.append(record)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if not self.state.records:
-            return
-        from mechtests.report.cards import format_gates, read_cards
-        from mechtests.report.matrix import format_terminal
+        reason = self.state.incomplete
+        if self.state.records:
+            from mechtests.report.cards import format_gates, read_cards
+            from mechtests.report.matrix import format_terminal
 
-        for (family, path), card in read_cards(self.state.records).items():
-            for line in format_gates(family, path, card):
+            for (family, path), card in read_cards(self.state.records).items():
+                for line in format_gates(family, path, card):
+                    terminalreporter.write_line(line)
+
+            for line in format_terminal(self.state.records):
                 terminalreporter.write_line(line)
-
-        for line in format_terminal(self.state.records):
-            terminalreporter.write_line(line)
+        if reason and (self.state.records or self.state.expected):
+            terminalreporter.write_line(
+                f"mechtests: INCOMPLETE RUN: {reason}. The claim matrix is marked incomplete and "
+                "no baseline is written from it. Fix: rerun without stopping it.",
+                red=True, bold=True)
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        self.state.incomplete = incomplete_reason(session, self.state)
         if not self.state.records:
             return
         from mechtests.report.matrix import write_matrix
@@ -313,5 +373,22 @@ class _Recorder:
             self.state.families,
             options={"max_examples": opt("--max-examples"), "dtype": opt("--mechtests-dtype"),
                      "backend": opt("--mechtests-backend"), "device": opt("--mechtests-device")},
+            incomplete=self.state.incomplete,
         )
         self.state.written = paths
+
+
+def _is_claim_test(nodeid: str) -> bool:
+    return "::test_claim_holds[" in nodeid
+
+
+def incomplete_reason(session: pytest.Session, state: Any) -> str | None:
+    """Why this run's claim results are partial (Ctrl-C, ``-x``, a crash), or None."""
+    if session.exitstatus in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.INTERNAL_ERROR):
+        return f"pytest stopped it (exit status {int(session.exitstatus)})"
+    stop = session.shouldstop or session.shouldfail
+    if stop:
+        return f"pytest stopped it ({stop})"
+    if state.expected is not None and len(state.records) < state.expected:
+        return f"{len(state.records)} of {state.expected} claim results were recorded"
+    return None
