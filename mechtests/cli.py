@@ -4,6 +4,7 @@
     mechtests families                 list the model families and their checkpoints
     mechtests report [--alluredir DIR] HTML claim matrix + single-file Allure 3 report
     mechtests organism build ...       train the organism family (base, SFT, instruct, control)
+    mechtests validate [--mutants A,B] claims on known-answer mutants: expected vs observed
     mechtests datasets fetch [--dest]  download the paper's datasets, checked by sha256
 
 ``mechtests run`` passes every argument on to pytest, so all plugin options work, e.g.
@@ -71,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_report_subparser(sub)
     add_bench_subparser(sub)
+    from mechtests.validation.cli import add_validate_subparser
+
+    add_validate_subparser(sub)
     from mechtests.data.fetch import add_datasets_subparser
 
     add_datasets_subparser(sub)
@@ -100,6 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from mechtests.report.cli import run_report
 
         return run_report(args)
+    if args.command == "validate":
+        from mechtests.validation.cli import run_validate
+
+        return run_validate(args)
     if args.command == "organism":
         from mechtests.organism.cli import run as run_organism
 

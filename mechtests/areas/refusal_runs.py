@@ -21,11 +21,10 @@ template different from the one it extracted with, which we do not reproduce.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -36,6 +35,7 @@ from mechtests.methods.refusal import refusal_direction, split_half_directions
 from mechtests.methods.refusal_score import ARDITI_SUBSTRINGS, PAPER_PREFIXES, RefusalScorer
 from mechtests.methods.stats import random_unit_directions
 from mechtests.sites import site_name
+from mechtests.store import read_checked, texts_problem, write_checked
 
 if TYPE_CHECKING:
     from mechtests.context import FamilyContext
@@ -202,8 +202,8 @@ def generations(ctx: FamilyContext, model: str) -> dict[str, list[str]]:
         for cond in conditions_for(ctx, model):
             prompts = format_prompts(settings.templates[model], getattr(data, cond.split))
             path = _cache_path(ctx, model, cond, prompts)
-            cached = _read_json(path)
-            if cached is not None and len(cached) == len(prompts):
+            cached = read_checked(path, _texts_check(len(prompts), cond.name))
+            if cached is not None:
                 out[cond.name] = cached
                 continue
             todo.append((cond, prompts, path))
@@ -213,27 +213,17 @@ def generations(ctx: FamilyContext, model: str) -> dict[str, list[str]]:
                 hooks = hooks_for(ctx, model, cond, backend.n_layers)
                 texts = backend.generate(prompts, max_new_tokens=MAX_NEW_TOKENS, hooks=hooks,
                                          batch_size=GEN_BATCH)
-                _write_json(path, texts)
-                out[cond.name] = texts
+                write_checked(path, list(texts), _texts_check(len(prompts), cond.name),
+                              f"generations of {ctx.family.name}/{model} under {cond.name}")
+                out[cond.name] = list(texts)
         return out
 
     return ctx.memo(f"refusal.generations.{model}", run)
 
 
-def _read_json(path: Path) -> list[str] | None:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-    return [str(v) for v in value] if isinstance(value, list) else None
-
-
-def _write_json(path: Path, value: list[str]) -> None:
-    """Atomic write (temp file + rename), so concurrent workers never read half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(value), encoding="utf-8")
-    tmp.replace(path)
+def _texts_check(n: int, name: str) -> Callable[[Any], str | None]:
+    """``n`` generated strings, not all empty (an fp16 overflow generates nothing)."""
+    return lambda value: texts_problem(value, n, name)
 
 
 def scorers(ctx: FamilyContext) -> dict[str, RefusalScorer]:

@@ -25,11 +25,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -50,6 +49,7 @@ from mechtests.methods.steering import (
     steering_sites,
 )
 from mechtests.sites import site_name
+from mechtests.store import number_list_problem, read_checked, write_checked
 
 if TYPE_CHECKING:
     from mechtests.context import FamilyContext
@@ -222,9 +222,10 @@ def _steer_model(ctx: FamilyContext, model: str, vectors: dict[str, torch.Tensor
         digest.update(name.encode() + vectors[name].to(torch.float64).numpy().tobytes())
     path = (ctx.options.cache_dir / "truth" / ctx.fingerprint(model)[:16]
             / f"steer-{digest.hexdigest()[:16]}.json")
-    cached = _read(path)
+    validate = _steering_check(len(true_q), len(false_q), sorted(vectors))
+    cached = read_checked(path, validate)
     if cached is not None:
-        positions, result = cached
+        positions, result = _from_json(cached)
     else:
         backend = ctx.backend(model)
         positions = statement_positions(backend, true_q + false_q, t.question)
@@ -233,35 +234,51 @@ def _steer_model(ctx: FamilyContext, model: str, vectors: dict[str, torch.Tensor
             backend.token_id(t.readout_true), backend.token_id(t.readout_false),
             coef=1.0, batch_size=STEER_BATCH,
         )
-        _write(path, positions, result)
+        write_checked(path, _to_json(positions, result), validate,
+                      f"steering P_diff of {ctx.family.name}/{model}")
     return SteeringRun(model, result, norms, positions, len(true_q), len(false_q))
 
 
-def _read(path: Path) -> tuple[list[int], SteeringResult] | None:
-    try:
-        raw = json.loads(path.read_text())
-        arr = {k: np.asarray(v, dtype=np.float64) for k, v in raw["none"].items()}
-        result = SteeringResult(arr["true"], arr["false"])
-        for name, values in raw["subtract"].items():
-            result.true_subtract[name] = np.asarray(values, dtype=np.float64)
-        for name, values in raw["add"].items():
-            result.false_add[name] = np.asarray(values, dtype=np.float64)
-        return [int(p) for p in raw["positions"]], result
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+def _steering_check(n_true: int, n_false: int,
+                    names: list[str]) -> Callable[[Any], str | None]:
+    """Shape, dtype and finiteness of a steering entry (positions + P_diff per vector)."""
+
+    def problem(raw: Any) -> str | None:
+        if not isinstance(raw, dict) or not {"positions", "none", "subtract", "add"} <= set(raw):
+            return "not a steering entry (positions, none, subtract, add)"
+        for part, want in (("subtract", n_true), ("add", n_false)):
+            if not isinstance(raw[part], dict) or sorted(raw[part]) != names:
+                got = sorted(raw[part]) if isinstance(raw[part], dict) else raw[part]
+                return f"{part} has vectors {got}, expected {names}"
+            for name in names:
+                found = number_list_problem(raw[part][name], want, f"{part}.{name}")
+                if found:
+                    return found
+        none = raw["none"] if isinstance(raw["none"], dict) else {}
+        return (number_list_problem(none.get("true"), n_true, "none.true")
+                or number_list_problem(none.get("false"), n_false, "none.false")
+                or number_list_problem(raw["positions"], 2, "positions"))
+
+    return problem
 
 
-def _write(target: Path, positions: list[int], result: SteeringResult) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "positions": positions,
+def _from_json(raw: dict[str, Any]) -> tuple[list[int], SteeringResult]:
+    arr = {k: np.asarray(v, dtype=np.float64) for k, v in raw["none"].items()}
+    result = SteeringResult(arr["true"], arr["false"])
+    for name, values in raw["subtract"].items():
+        result.true_subtract[name] = np.asarray(values, dtype=np.float64)
+    for name, values in raw["add"].items():
+        result.false_add[name] = np.asarray(values, dtype=np.float64)
+    return [int(p) for p in raw["positions"]], result
+
+
+def _to_json(positions: list[int], result: SteeringResult) -> dict[str, Any]:
+    return {
+        "positions": [int(p) for p in positions],
         "none": {"true": result.true_none.tolist(), "false": result.false_none.tolist()},
         "subtract": {k: v.tolist() for k, v in result.true_subtract.items()},
         "add": {k: v.tolist() for k, v in result.false_add.items()},
     }
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload))
-    tmp.replace(target)
 
 
 def steering(ctx: FamilyContext) -> dict[str, SteeringRun]:

@@ -8,6 +8,7 @@ for the format.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,10 +79,14 @@ def _check_rule(rule: Mapping[str, Any], where: str, path: Path, partial: bool) 
             f"{path}: {where} has op {rule['op']!r}; expected one of {_OPS}. Fix: use '>=' or '<='."
         )
     for key in ("value", "control_margin"):
-        if key in rule and not isinstance(rule[key], (int, float)):
-            raise ConfigError(f"{path}: {where}.{key} must be a number (got {rule[key]!r}).")
+        value = rule.get(key)
+        if key in rule and (isinstance(value, bool) or not isinstance(value, (int, float))
+                            or not math.isfinite(value)):
+            raise ConfigError(f"{path}: {where}.{key} must be a number, not NaN or inf (got "
+                              f"{value!r}). Fix: write a number, e.g. '{key}: 0.8'.")
     tol = rule.get("tolerance")
-    number_ok = isinstance(tol, (int, float)) and not isinstance(tol, bool) and tol >= 0
+    number_ok = (isinstance(tol, (int, float)) and not isinstance(tol, bool)
+                 and math.isfinite(tol) and tol >= 0)
     if tol is not None and not (number_ok or (isinstance(tol, str) and tol.strip().endswith("%"))):
         raise ConfigError(f"{path}: {where}.tolerance must be a number >= 0 or 'N%' (got "
                           f"{tol!r}). Fix: e.g. 'tolerance: 0.05' (absolute) or \"5%\".")
@@ -94,19 +99,42 @@ def _check_rule(rule: Mapping[str, Any], where: str, path: Path, partial: bool) 
                 )
 
 
-def load_thresholds(path: Path | None = None, claim_ids: Iterable[str] | None = None) -> Thresholds:
-    """Parse and validate ``path`` (default: the packaged ``thresholds.yaml``)."""
+def _check_family(name: str, where: str, path: Path, families: Iterable[str] | None) -> None:
+    known = sorted(families) if families is not None else None
+    if known is not None and name not in known:
+        raise ConfigError(f"{path}: {where} names no known family {name!r}; expected one of "
+                          f"{', '.join(known)}. Fix: correct the family name (a misspelt one "
+                          "would leave the default rule in force).")
+
+
+def load_thresholds(path: Path | None = None, claim_ids: Iterable[str] | None = None,
+                    families: Iterable[str] | None = None) -> Thresholds:
+    """Parse and validate ``path`` (default: the packaged ``thresholds.yaml``).
+
+    ``claim_ids`` / ``families``: the known claims and family names; a rule, an override or an
+    expected failure that names another is an error (a misspelt family would silently get the
+    default rule)."""
     path = Path(path) if path else PACKAGED_THRESHOLDS
+    if path.is_dir():
+        raise ConfigError(f"thresholds path {path} is a directory; expected a YAML file. Fix: "
+                          "pass the file itself to --thresholds (e.g. DIR/thresholds.yaml).")
     if not path.is_file():
         raise ConfigError(
             f"thresholds file {path} does not exist. Fix: pass an existing file to --thresholds."
         )
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"thresholds file {path} cannot be read as UTF-8 text ({exc}). Fix: "
+                          "save it as UTF-8 YAML.") from None
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         detail = " ".join(str(exc).split())
         raise ConfigError(f"{path}: not valid YAML ({detail}). Fix: correct the syntax.") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with 'claims:' (got "
+                          f"{type(raw).__name__}). Fix: see the packaged thresholds.yaml.")
     unknown = set(raw) - _TOP_KEYS
     if unknown:
         raise ConfigError(
@@ -118,10 +146,16 @@ def load_thresholds(path: Path | None = None, claim_ids: Iterable[str] | None = 
             raise ConfigError(f"{path}: claims.{claim_id} must be a mapping.")
         _check_rule(rule, f"claims.{claim_id}", path, partial=False)
         for fam, override in (rule.get("families") or {}).items():
+            _check_family(fam, f"claims.{claim_id}.families.{fam}", path, families)
+            if not isinstance(override, dict):
+                raise ConfigError(f"{path}: claims.{claim_id}.families.{fam} must be a mapping. "
+                                  "Fix: e.g. '{value: 0.7, source: ...}'.")
             _check_rule(override, f"claims.{claim_id}.families.{fam}", path, partial=True)
     known = set(claim_ids) if claim_ids is not None else None
     expected = raw.get("expected_failures") or {}
     for fam, table in expected.items():
+        if fam != "*":
+            _check_family(fam, f"expected_failures.{fam}", path, families)
         for claim_id, reason in (table or {}).items():
             if known is not None and claim_id not in known:
                 raise ConfigError(

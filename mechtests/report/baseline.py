@@ -207,9 +207,10 @@ class BaselineGate:
     """Controller plugin: compares (or writes) the baseline at session end, before the matrix
     is written, so ``claim_matrix.{json,html}`` carry each result's ``drift``."""
 
-    def __init__(self, path: Path, update: bool, state: Any) -> None:
+    def __init__(self, path: Path, update: bool, state: Any, prune: bool = False) -> None:
         self.path = path
         self.update = update
+        self.prune = prune  # --baseline-prune: an update may drop results this run lacks
         self.state = state  # the plugin's state: .records (list of dicts), .thresholds
         self.lines: list[str] = []
         self.failed = False
@@ -228,9 +229,19 @@ class BaselineGate:
             self.lines.append(f"no claim results: baseline {self.path} neither read nor written")
             return
         sha = getattr(self.state.thresholds, "sha256", "")
+        from mechtests.plugin import incomplete_reason
+
+        incomplete = incomplete_reason(session, self.state)
+        if incomplete and (self.update or not self.path.exists()):
+            self.lines.append(f"baseline {self.path} NOT written: the run is incomplete "
+                              f"({incomplete}). Fix: rerun to the end.")
+            return
         if self.update:
-            n = write_baseline(self.path, records, sha)
-            self.lines.append(f"wrote baseline {self.path} ({n} results, --update-baseline)")
+            kept = self._kept(records)
+            n = write_baseline(self.path, [*kept, *records], sha)
+            self.lines.append(f"wrote baseline {self.path} ({n} results, --update-baseline"
+                              + (f"; kept {len(kept)} stored results this run did not produce)"
+                                 if kept else ")"))
             return
         if not self.path.exists():
             n = write_baseline(self.path, records, sha)
@@ -269,10 +280,25 @@ class BaselineGate:
                               f"{self.path} --update-baseline and commit the file.")
             self._fail(session)
 
+    def _kept(self, records: list[Record]) -> list[dict[str, Any]]:
+        """Stored results this run did not produce: kept unless ``--baseline-prune``, so a
+        partial run (``-k``, one family) never shrinks the baseline."""
+        if self.prune or not self.path.exists():
+            return []
+        try:
+            stored = load_baseline(self.path)
+        except BaselineError:
+            return []
+        produced = {result_key(rec) for rec in records}
+        return [dict(old) for key, old in stored.items() if key not in produced]
+
     def _fail(self, session: pytest.Session) -> None:
+        """Drift alone exits with EXIT_DRIFT; a failed claim keeps pytest's 1."""
+        from mechtests.errors import EXIT_DRIFT
+
         self.failed = True
         if session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
-            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+            session.exitstatus = EXIT_DRIFT
 
     @pytest.hookimpl(trylast=True)  # after the claim matrix
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
@@ -293,5 +319,6 @@ def register_baseline(config: pytest.Config, state: Any) -> None:
             "--baseline reports/baseline.json --update-baseline."
         )
     if path:
-        config.pluginmanager.register(BaselineGate(Path(path), update, state),
+        prune = bool(config.getoption("--baseline-prune", False))
+        config.pluginmanager.register(BaselineGate(Path(path), update, state, prune),
                                       "mechtests-baseline")

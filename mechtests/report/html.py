@@ -255,6 +255,10 @@ def _counts(values: Sequence[str]) -> dict[str, int]:
 
 def _header(meta: Mapping[str, Any], records: Sequence[Record], has_drift: bool) -> str:
     parts = ['<header><h1>mechtests claim matrix</h1>']
+    if meta.get("complete") is False:  # a run that stopped early (Ctrl-C, -x, a crash)
+        parts.append(f'<p class="incomplete" id="incomplete"><strong>INCOMPLETE RUN</strong>: '
+                     f'{_e(meta.get("incomplete_reason", "the run stopped early"))}; these '
+                     'results are partial and are not a release gate.</p>')
     line = f"Generated {_e(meta.get('datetime', ''))}"
     thresholds = meta.get("thresholds") or {}
     if thresholds:

@@ -136,9 +136,11 @@ def machine_info() -> dict[str, Any]:
 def to_markdown(records: Sequence[Record], meta: Mapping[str, Any]) -> str:
     """The matrix plus one detail row per result, as Markdown."""
     columns, rows, cells = build_grid(records)
-    out = [
-        "# mechtests claim matrix",
-        "",
+    out = ["# mechtests claim matrix", ""]
+    if meta.get("complete") is False:
+        out += [f"> **INCOMPLETE RUN**: {meta.get('incomplete_reason', 'the run stopped early')}; "
+                "these results are partial and are not a release gate.", ""]
+    out += [
         f"Generated {meta['datetime']} · thresholds `{meta['thresholds']['path']}` "
         f"(sha256 `{meta['thresholds']['sha256'][:12]}`) · options {meta['options']}",
         "",
@@ -185,14 +187,20 @@ def write_matrix(
     thresholds: Any,
     families: Mapping[str, Any],
     options: Mapping[str, Any],
+    incomplete: str | None = None,
 ) -> list[Path]:
-    """Write ``claim_matrix.json``, ``.md`` and ``.html``; return their paths."""
+    """Write ``claim_matrix.json``, ``.md`` and ``.html`` (each atomically); return their paths.
+
+    ``incomplete``: why the run stopped early; the reports then say so (``"complete": false``
+    and ``"incomplete_reason"`` in the JSON, a banner in the Markdown and HTML)."""
     report_dir.mkdir(parents=True, exist_ok=True)
     checkpoints: dict[str, dict[str, str]] = {}
     for rec in records:
         checkpoints.setdefault(rec["family"], {}).update(rec.get("checkpoints", {}))
     meta = {
         "version": 1,
+        "complete": incomplete is None,
+        **({"incomplete_reason": incomplete} if incomplete else {}),
         "datetime": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine_info": machine_info(),
         "thresholds": {"path": str(thresholds.path), "sha256": thresholds.sha256},
@@ -209,7 +217,9 @@ def write_matrix(
     tmp = json_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps({**meta, "results": ordered}, indent=2, default=str))
     tmp.replace(json_path)
-    md_path.write_text(to_markdown(ordered, meta))
+    md_tmp = md_path.with_suffix(".md.tmp")
+    md_tmp.write_text(to_markdown(ordered, meta))
+    md_tmp.replace(md_path)
     from mechtests.report.html import write_html  # claim_matrix.html (issue 7)
 
     return [json_path, md_path, write_html(ordered, meta, report_dir)]
