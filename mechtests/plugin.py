@@ -195,7 +195,10 @@ def _one_line_failures(config: pytest.Config) -> None:
     not a traceback per cell; ``-v``, ``--tb`` or ``--full-trace`` bring the tracebacks back."""
     args = config.invocation_params.args
     asked = any(str(a).startswith("--tb") for a in args) or config.getoption("fulltrace")
-    if _runs_claim_suite(config) and not asked and config.get_verbosity() < 1:
+    from mechtests.preflight import targets_claim_suite
+
+    only_claims = bool(config.args) and all(targets_claim_suite([a]) for a in config.args)
+    if _runs_claim_suite(config) and only_claims and not asked and config.get_verbosity() < 1:
         config.option.tbstyle = "no"
 
 
