@@ -171,33 +171,38 @@ class _SuffixRun:
         self.readout_w = head.weight[pick]
         bias = getattr(head, "bias", None)
         self.readout_b = None if bias is None else bias[pick]
-        self.readout = readout
 
     def false_pass(self, ids: torch.Tensor, width: int
                    ) -> tuple[list[torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]],
                               torch.Tensor]:
-        """The FALSE prompts once: every block's output at the last ``width`` positions, the
-        whole key/value history of every layer and the clean ``LD``."""
+        """The FALSE prompts once through the decoder stack (no unembedding: the clean ``LD``
+        needs only the readout's two rows): every block's output at the last ``width``
+        positions, the whole key/value history of every layer and the clean ``LD``."""
         from transformers import DynamicCache
 
-        model = self.decoder.model
         resid: dict[int, torch.Tensor] = {}
         handles = [block.register_forward_hook(_keep(resid, i, width))
                    for i, block in enumerate(self.blocks)]
         # transformers 5 renamed past_key_values to cache; without a config the cache keeps
         # every position of sliding-window layers too
-        kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters \
+        kwarg = "cache" if "cache" in inspect.signature(self.stack.forward).parameters \
             else "past_key_values"
         try:
             with torch.no_grad():
-                out = model(input_ids=ids, use_cache=True, logits_to_keep=1,
-                            **{kwarg: DynamicCache()})
+                out = self.stack(input_ids=ids, use_cache=True, **{kwarg: DynamicCache()})
         finally:
             for h in handles:
                 h.remove()
         kv = _kv_of(getattr(out, "cache", None) or out.past_key_values, len(self.blocks))
-        return [resid[i] for i in range(len(self.blocks))], kv, _ld(out.logits[:, -1].float(),
-                                                               self.readout)
+        with torch.no_grad():  # last_hidden_state is after the final norm
+            clean = self._readout_ld(out.last_hidden_state[:, -1])
+        return [resid[i] for i in range(len(self.blocks))], kv, clean
+
+    def _readout_ld(self, normed: torch.Tensor) -> torch.Tensor:
+        """``LD`` from final-normed hidden states ``[..., d]`` (the final logit soft-cap
+        applied, as the model's head does)."""
+        logits = torch.nn.functional.linear(normed, self.readout_w, self.readout_b)
+        return _ld(soft_cap(logits, self.decoder.final_softcap).float(), (0, 1))
 
     def column(self, lds: list[torch.Tensor], sources: Sequence[Sequence[torch.Tensor]],
                idx: torch.Tensor, j: int, width: int, length: int, resid: list[torch.Tensor],
@@ -244,11 +249,7 @@ class _SuffixRun:
                     sites += new
             if not sites:
                 return
-            out = torch.cat(outs, 1)  # [n, site, d]
-            logits = torch.nn.functional.linear(self.stack.norm(out), self.readout_w,
-                                                self.readout_b)
-            logits = soft_cap(logits, decoder.final_softcap).float()
-        ld = _ld(logits, (0, 1))  # [n, site]
+            ld = self._readout_ld(self.stack.norm(torch.cat(outs, 1)))  # [n, site]
         for k_site, (s, layer) in enumerate(sites):
             lds[s][idx, layer, j] = torch.where(noop[s][layer], clean, ld[:, k_site])
 
