@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -238,7 +239,8 @@ def write_checked(path: Path, value: Any, validate: Validator, what: str) -> Non
         tmp.write_text(json.dumps(value, allow_nan=False), encoding="utf-8")
         tmp.replace(path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         raise CacheError(
             f"cannot write cache entry {path} ({exc.strerror}). Fix: point --mechtests-cache "
             "(or MECHTESTS_CACHE) at a writable directory with free space."
