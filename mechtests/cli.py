@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_subparser(sub)
+    from mechtests.posttrain.cli import add_subparser as add_posttrain_subparser
+
+    add_posttrain_subparser(sub)
     return parser
 
 
@@ -112,6 +115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from mechtests.organism.cli import run as run_organism
 
         return int(run_organism(args))
+    if args.command == "posttrain":
+        from mechtests.posttrain.cli import run as run_posttrain
+
+        return run_posttrain(args)
     return 2
 
 
