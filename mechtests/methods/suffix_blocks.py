@@ -7,7 +7,8 @@ declarative table (:data:`ARCHS`) read from ``config.model_type``:
 
 * Llama, Mistral, Qwen2 - pre-norm blocks ``h + attn(norm(h))``, ``h + mlp(norm(h))``, rotary
   embeddings (Qwen2's q/k/v biases live in its linear layers); Mistral's ``sliding_window``
-  applies to every layer, Qwen2's to the layers its ``layer_types`` mark sliding.
+  applies to every layer, Qwen2's to the layers its ``layer_types`` mark sliding; Qwen3 adds
+  per-head RMSNorm of queries and keys before the rotary embedding.
 * Gemma-2 - "sandwich" norms: ``h + post_attn_norm(attn(input_norm(h)))`` and
   ``h + post_ff_norm(mlp(pre_ff_norm(h)))``; attention scores scaled by
   ``query_pre_attn_scalar ** -0.5`` and soft-capped (``cap * tanh(s / cap)``) before the mask;
@@ -43,7 +44,7 @@ class Arch:
     """How one family's block differs from Llama's."""
 
     sandwich_norms: bool = False  # post-attention and pre/post-feedforward RMSNorms (Gemma)
-    qk_norm: bool = False  # per-head RMSNorm of queries and keys before rotary (Gemma-3)
+    qk_norm: bool = False  # per-head RMSNorm of queries and keys before rotary (Qwen3, Gemma-3)
     attn_softcap: bool = False  # config.attn_logit_softcapping caps the scores (Gemma-2)
     rope_per_layer_type: bool = False  # rotary_emb(x, positions, layer_type) (Gemma-3)
     # where a layer's sliding window is: "none" (full attention), "config" (config's
@@ -56,6 +57,7 @@ ARCHS: dict[str, Arch] = {
     "llama": Arch(),
     "mistral": Arch(window="config"),
     "qwen2": Arch(window="layer"),
+    "qwen3": Arch(qk_norm=True, window="layer"),
     "gemma2": Arch(sandwich_norms=True, attn_softcap=True, window="layer"),
     "gemma3_text": Arch(sandwich_norms=True, qk_norm=True, rope_per_layer_type=True,
                         window="layer"),

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 import torch
 
+from mechtests.engine.archs import ARCH_SPECS
 from mechtests.methods import patching, patching_suffix, suffix_blocks
 from mechtests.methods.patching import (
     clean_logit_diffs,
@@ -44,14 +45,17 @@ def _backend(arch: str = "llama", seed: int = 0, layers: int = 3, **overrides: A
         eos_token_id=3, head_dim=8,
     )
     config = getattr(transformers, {"llama": "LlamaConfig", "qwen2": "Qwen2Config",
+                                    "qwen3": "Qwen3Config",
                                     "mistral": "MistralConfig"}[arch])(**kwargs, **overrides)
     config._attn_implementation = "eager"
     torch.manual_seed(seed)
     model_cls = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
-                 "mistral": "MistralForCausalLM"}[arch]
+                 "qwen3": "Qwen3ForCausalLM", "mistral": "MistralForCausalLM"}[arch]
     model = getattr(transformers, model_cls)(config).eval()
     model.requires_grad_(False)
-    return HooksBackend(model, build_tokenizer(vocab), name=f"{arch}-{seed}")
+    with pytest.MonkeyPatch.context() as patch:  # Qwen3's block has Llama's module names
+        patch.setitem(ARCH_SPECS, "qwen3", ARCH_SPECS.get("qwen3", ARCH_SPECS["llama"]))
+        return HooksBackend(model, build_tokenizer(vocab), name=f"{arch}-{seed}")
 
 
 @pytest.fixture(scope="module")
@@ -154,8 +158,8 @@ def test_a_suffix_engine_that_disagrees_with_the_sweep_is_not_used(
                                atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("arch", ["qwen2", "mistral"])
-def test_qwen2_and_mistral_use_the_suffix_engine(arch: str) -> None:
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3", "mistral"])
+def test_qwen_and_mistral_use_the_suffix_engine(arch: str) -> None:
     backend = _backend(arch, layers=2)
     src = true_activations(backend, _prompts(TRUE[:2]), WIDTH)
     args = (backend, _prompts(FALSE[:2]), src, _readout(backend))
