@@ -358,6 +358,8 @@ class _Recorder:
 
             for line in format_terminal(self.state.records):
                 terminalreporter.write_line(line)
+            for line in problem_lines(self.state.records):
+                terminalreporter.write_line(line, red=True)
         if reason and (self.state.records or self.state.expected):
             terminalreporter.write_line(
                 f"mechtests: INCOMPLETE RUN: {reason}. The claim matrix is marked incomplete and "
@@ -379,6 +381,17 @@ class _Recorder:
             incomplete=self.state.incomplete,
         )
         self.state.written = paths
+
+
+def problem_lines(records: list[dict[str, Any]]) -> list[str]:
+    """One line per FAIL / ERROR / XPASS cell: the verdict, where, and the reason."""
+    lines = []
+    for rec in sorted(records, key=lambda r: (r["claim_id"], r["family"], r["pair"])):
+        if rec["verdict"] in ("FAIL", "ERROR", "XPASS"):
+            message = " ".join(str(rec.get("message") or "").split())[:300]
+            lines.append(f"{rec['verdict']} {rec['claim_id']} on {rec['family']} "
+                         f"({'->'.join(rec['pair'])}): {message}")
+    return lines
 
 
 def _is_claim_test(nodeid: str) -> bool:

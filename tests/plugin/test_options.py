@@ -60,3 +60,33 @@ def test_a_bad_thresholds_file_is_usage_error(pytester: pytest.Pytester) -> None
     result = pytester.runpytest_subprocess("--pyargs", "mechtests.suite", "--thresholds", str(bad))
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*thresholds.yaml*"])
+
+
+def test_a_bad_option_under_xdist_is_one_line_before_any_worker_starts(
+    pytester: pytest.Pytester,
+) -> None:
+    result = pytester.runpytest_subprocess(
+        "--pyargs", "mechtests.suite", "-n", "2", "--max-examples", "0",
+        "--claim-report", str(pytester.path / "reports"),
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    errors = [line for line in result.stderr.lines if line.startswith("ERROR:")]
+    assert errors == [
+        "ERROR: preflight: --max-examples is 0; expected a number >= 1 (examples per dataset). "
+        "Fix: pass --max-examples N with N >= 1, or leave it out for all."
+    ]
+    assert "workers" not in result.stdout.str()
+    assert not (pytester.path / "reports").exists()
+
+
+def test_the_problem_lines_name_each_failed_or_errored_cell_once() -> None:
+    from mechtests.plugin import problem_lines
+
+    def rec(verdict: str, message: str) -> dict[str, object]:
+        return {"claim_id": "truth.x", "family": "tiny", "pair": ["base", verdict.lower()],
+                "verdict": verdict, "message": message}
+
+    lines = problem_lines([rec("PASS", "ok"), rec("FAIL", "0.1 < 0.8"),
+                           rec("ERROR", "CacheError: NaN.\nmore")])
+    assert lines == ["ERROR truth.x on tiny (base->error): CacheError: NaN. more",
+                     "FAIL truth.x on tiny (base->fail): 0.1 < 0.8"]
