@@ -138,6 +138,7 @@ class _State:
         self.records: list[dict[str, Any]] = []
         self.expected: int | None = None  # claim tests collected (None: not known)
         self.incomplete: str | None = None  # why the run stopped early (set at session end)
+        self.write_error: str | None = None  # why the reports could not be written
         self.written: list[Path] = []
         self.runner: ClaimRunner | None = None
 
@@ -360,6 +361,8 @@ class _Recorder:
                 terminalreporter.write_line(line)
             for line in problem_lines(self.state.records):
                 terminalreporter.write_line(line, red=True)
+        if self.state.write_error:
+            terminalreporter.write_line(self.state.write_error, red=True, bold=True)
         if reason and (self.state.records or self.state.expected):
             terminalreporter.write_line(
                 f"mechtests: INCOMPLETE RUN: {reason}. The claim matrix is marked incomplete and "
@@ -373,13 +376,22 @@ class _Recorder:
         from mechtests.report.matrix import write_matrix
 
         opt = session.config.getoption
-        paths = write_matrix(
-            self.state.records, self.state.report_dir, self.state.thresholds,
-            self.state.families,
-            options={"max_examples": opt("--max-examples"), "dtype": opt("--mechtests-dtype"),
-                     "backend": opt("--mechtests-backend"), "device": opt("--mechtests-device")},
-            incomplete=self.state.incomplete,
-        )
+        try:
+            paths = write_matrix(
+                self.state.records, self.state.report_dir, self.state.thresholds,
+                self.state.families,
+                options={"max_examples": opt("--max-examples"),
+                         "dtype": opt("--mechtests-dtype"),
+                         "backend": opt("--mechtests-backend"),
+                         "device": opt("--mechtests-device")},
+                incomplete=self.state.incomplete,
+            )
+        except OSError as exc:  # the results stay on the terminal; the run still ends cleanly
+            self.state.write_error = (
+                f"mechtests: the claim matrix could not be written to {self.state.report_dir} "
+                f"({exc.strerror}: {exc.filename}). Fix: point --claim-report at a writable "
+                "directory.")
+            return
         self.state.written = paths
 
 

@@ -151,10 +151,10 @@ def selected(test_id: str, keyword: str, markexpr: str) -> bool:
 
     names = (SUITE_MODULE, "suite", "test_claims.py", TEST_NAME, f"{TEST_NAME}[{test_id}]")
 
-    def by_name(sub: str, **_: Any) -> bool:
+    def by_name(sub: str, /, **_: str | int | bool | None) -> bool:
         return any(sub.lower() in name.lower() for name in names)
 
-    def by_mark(name: str, **_: Any) -> bool:
+    def by_mark(name: str, /, **_: str | int | bool | None) -> bool:
         return name in ("claim", "parametrize")
 
     try:

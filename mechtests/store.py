@@ -10,6 +10,11 @@ Layout::
 
     <cache>/activations/<model-fingerprint[:16]>/<tag>-<key[:16]>.safetensors
 
+Side caches (JSON results of the areas: steering ``P_diff`` arrays, generations) go through
+:func:`read_checked` / :func:`write_checked`: an entry is reused only when its shape, type,
+finiteness and completeness pass the caller's check; a computed result that fails the check is
+a :class:`~mechtests.errors.CacheError` with its cause (the claim ends as ERROR), never cached.
+
 Example:
     >>> store = ActivationStore(Path("cache"))                          # doctest: +SKIP
     >>> acts = store.get_or_compute(key_parts, expected, compute)      # doctest: +SKIP

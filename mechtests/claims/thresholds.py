@@ -16,12 +16,14 @@ from typing import Any
 
 import yaml
 
-from mechtests.claims.model import ControlRule, ThresholdSpec
+from mechtests.claims.model import ControlRule, Precondition, ThresholdSpec
 from mechtests.errors import ConfigError
 
 PACKAGED_THRESHOLDS = Path(__file__).resolve().parent.parent / "thresholds.yaml"
 _OPS = (">=", "<=")
-_RULE_KEYS = {"op", "value", "control_margin", "uses_interval", "source", "note", "tolerance"}
+_RULE_KEYS = {"op", "value", "control_margin", "uses_interval", "source", "note", "tolerance",
+              "preconditions"}
+_PRECONDITION_KEYS = {"quantity", "op", "value", "why", "source"}
 _CLAIM_KEYS = _RULE_KEYS | {"families"}
 _TOP_KEYS = {"version", "claims", "expected_failures", "gates"}
 
@@ -56,6 +58,12 @@ class Thresholds:
             note=str(raw.get("note", "")),
             uses_interval=bool(raw.get("uses_interval", True)),
             tolerance=raw.get("tolerance"),  # baseline drift (mechtests.report.baseline)
+            preconditions=tuple(
+                Precondition(quantity=str(p["quantity"]), op=str(p["op"]),
+                             value=float(p["value"]), why=str(p["why"]),
+                             source=str(p["source"]))
+                for p in raw.get("preconditions") or ()
+            ),
         )
 
     def expected_failure(self, claim_id: str, family: str) -> str | None:
@@ -90,6 +98,7 @@ def _check_rule(rule: Mapping[str, Any], where: str, path: Path, partial: bool) 
     if tol is not None and not (number_ok or (isinstance(tol, str) and tol.strip().endswith("%"))):
         raise ConfigError(f"{path}: {where}.tolerance must be a number >= 0 or 'N%' (got "
                           f"{tol!r}). Fix: e.g. 'tolerance: 0.05' (absolute) or \"5%\".")
+    _check_preconditions(rule.get("preconditions"), where, path)
     if not partial:
         for key in ("op", "value", "source"):
             if key not in rule or rule[key] in (None, ""):
@@ -97,6 +106,37 @@ def _check_rule(rule: Mapping[str, Any], where: str, path: Path, partial: bool) 
                     f"{path}: {where} is missing {key!r}. Fix: every threshold needs op, value "
                     "and a source (paper section or 'ours: <what was measured>')."
                 )
+
+
+def _check_preconditions(raw: Any, where: str, path: Path) -> None:
+    """``preconditions``: a list of {quantity, op, value, why, source}."""
+    if raw is None:
+        return
+    example = ("e.g. '- {quantity: own_ie, op: \">=\", value: 0.1, why: own-vector steering "
+               "works, source: ...}'")
+    if not isinstance(raw, list):
+        raise ConfigError(f"{path}: {where}.preconditions must be a list (got "
+                          f"{type(raw).__name__}). Fix: {example}.")
+    for i, pre in enumerate(raw):
+        at = f"{where}.preconditions[{i}]"
+        if not isinstance(pre, dict):
+            raise ConfigError(f"{path}: {at} must be a mapping. Fix: {example}.")
+        keys = set(pre)
+        if keys != _PRECONDITION_KEYS:
+            raise ConfigError(f"{path}: {at} has keys {sorted(keys)}; expected exactly "
+                              f"{sorted(_PRECONDITION_KEYS)}. Fix: {example}.")
+        if pre["op"] not in _OPS:
+            raise ConfigError(f"{path}: {at}.op is {pre['op']!r}; expected one of {_OPS}. "
+                              "Fix: use '>=' or '<='.")
+        value = pre["value"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value):
+            raise ConfigError(f"{path}: {at}.value must be a finite number (got {value!r}). "
+                              "Fix: write a number.")
+        for key in ("quantity", "why", "source"):
+            if not isinstance(pre[key], str) or not pre[key].strip():
+                raise ConfigError(f"{path}: {at}.{key} must be a non-empty string (got "
+                                  f"{pre[key]!r}). Fix: say what it is.")
 
 
 def _check_family(name: str, where: str, path: Path, families: Iterable[str] | None) -> None:

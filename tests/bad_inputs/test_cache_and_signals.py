@@ -155,3 +155,15 @@ def test_a_claim_run_without_results_removes_the_previous_report(case: Case) -> 
     result = case.run("-k", "no_such_claim")
     assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
     assert not list(case.reports.glob("claim_matrix.*"))
+
+
+def test_a_claim_report_that_is_a_file_never_crashes_the_end_of_a_run(
+    pytester: pytest.Pytester,
+) -> None:
+    blocker = pytester.path / "blocker"
+    blocker.write_text("keep me")
+    result = _synthetic(pytester, "", "--claim-report", str(blocker))
+    result.stdout.fnmatch_lines(["mechtests: the claim matrix could not be written to *"
+                                 "Fix: point --claim-report at a writable directory."])
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
+    assert blocker.read_text() == "keep me"
