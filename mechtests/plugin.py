@@ -37,6 +37,12 @@ class ClaimFailed(AssertionError):
     """A claim's measurement did not clear its threshold or its control (a finding)."""
 
 
+class ClaimInconclusive(Exception):
+    """The experiment could not decide the claim (a precondition failed, or the interval
+    contains the threshold): not a finding, and not a pass either. Deliberately not a
+    :class:`ClaimFailed`, so it never counts as an expected failure (XFAIL)."""
+
+
 def default_cache_dir() -> Path:
     """``$MECHTESTS_CACHE`` or the user cache directory (``~/.cache/mechtests`` on Linux)."""
     if os.environ.get(CACHE_ENV):
@@ -97,6 +103,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="With --update-baseline: drop stored results that this run did not "
                          "produce (by default they are kept, so a partial run never shrinks the "
                          "baseline). Default: off.")
+    group.addoption("--allow-inconclusive", action="store_true", default=False,
+                    help="Let INCONCLUSIVE claims (a failed precondition, or an interval that "
+                         "contains the threshold) pass the release gate: they are reported as "
+                         "skipped instead of failed. Default: off (an unverified claim fails "
+                         "the run).")
     group.addoption("--mechtests-dist", default="family", choices=("family", "xdist"),
                     help="With -n: family = one worker runs all claim tests of a family "
                          "(loads its models once); xdist = xdist's own --dist. Default: family.")
@@ -273,7 +284,8 @@ def claim_runner(request: pytest.FixtureRequest) -> Any:
 
 
 @pytest.fixture
-def check_claim(claim_runner: ClaimRunner, record_property: Any) -> Any:
+def check_claim(claim_runner: ClaimRunner, record_property: Any,
+                request: pytest.FixtureRequest) -> Any:
     """Measure, judge and record a :class:`ClaimCase`; fail with the one-line reason."""
     from mechtests.claims.model import Verdict
     from mechtests.data.sources import DatasetsUnavailable
@@ -303,6 +315,13 @@ def check_claim(claim_runner: ClaimRunner, record_property: Any) -> Any:
             )
         if judgement.verdict is Verdict.ERROR:
             pytest.fail(f"{case.claim.id} on {case.family}: {judgement.message}", pytrace=False)
+        if judgement.verdict is Verdict.INCONCLUSIVE:
+            where = f"{case.claim.id} on {case.family} ({'->'.join(case.pair)})"
+            if request.config.getoption("--allow-inconclusive"):
+                pytest.skip(f"INCONCLUSIVE (allowed by --allow-inconclusive): {where}: "
+                            f"{judgement.message}")
+            raise ClaimInconclusive(f"{where}: {judgement.message} (pass --allow-inconclusive "
+                                    "to let INCONCLUSIVE claims through the gate)")
 
     return check
 
@@ -396,10 +415,11 @@ class _Recorder:
 
 
 def problem_lines(records: list[dict[str, Any]]) -> list[str]:
-    """One line per FAIL / ERROR / XPASS cell: the verdict, where, and the reason."""
+    """One line per FAIL / INCONCLUSIVE / ERROR / XPASS cell: the verdict, where, and the
+    reason (an INCONCLUSIVE one fails the gate too, unless --allow-inconclusive)."""
     lines = []
     for rec in sorted(records, key=lambda r: (r["claim_id"], r["family"], r["pair"])):
-        if rec["verdict"] in ("FAIL", "ERROR", "XPASS"):
+        if rec["verdict"] in ("FAIL", "INCONCLUSIVE", "ERROR", "XPASS"):
             message = " ".join(str(rec.get("message") or "").split())[:300]
             lines.append(f"{rec['verdict']} {rec['claim_id']} on {rec['family']} "
                          f"({'->'.join(rec['pair'])}): {message}")

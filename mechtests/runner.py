@@ -60,6 +60,9 @@ class ClaimRecord:
     model_cards: list[str] = field(default_factory=list)
     artifacts: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    # thresholds.yaml preconditions as checked: quantity, measured, op, value, holds, why, source
+    preconditions: list[dict[str, Any]] = field(default_factory=list)
+    power: dict[str, Any] | None = None  # interval half-width, distance to threshold, decided
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
@@ -128,6 +131,16 @@ class ClaimRunner:
             )
         record.verdict = judgement.verdict.value
         record.message = judgement.message
+        record.preconditions = [
+            {"quantity": c.precondition.quantity, "measured": c.measured,
+             "op": c.precondition.op, "value": c.precondition.value, "holds": c.holds,
+             "why": c.precondition.why, "source": c.precondition.source}
+            for c in judgement.checks
+        ]
+        if judgement.power is not None:
+            record.power = {"half_width": judgement.power.half_width,
+                            "distance": judgement.power.distance,
+                            "decided": judgement.power.decided}
         record.metric = float(measurement.metric)
         record.control = None if measurement.control is None else float(measurement.control)
         record.control_label = measurement.control_label

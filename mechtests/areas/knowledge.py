@@ -40,6 +40,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mechtests.areas import measure
+from mechtests.areas.knowledge_aggregate import (
+    Pair,
+    Stat,
+    caveat,
+    finite,
+    judge_datasets,
+    plots,
+    split_decidable,
+)
 from mechtests.areas.knowledge_runs import (
     N_BOOT,
     NULL,
@@ -63,13 +72,10 @@ from mechtests.methods.heatmaps import (
     shuffle_layers,
 )
 from mechtests.methods.stats import bootstrap_interval
-from mechtests.report.plots_knowledge import plot_heatmaps
 
 if TYPE_CHECKING:
     from mechtests.context import FamilyContext
 
-Stat = Callable[[KnowledgeRun, np.ndarray], float]
-Pair = tuple[str, str]
 
 
 def _n(run: KnowledgeRun, key: Pair, idx: np.ndarray | None) -> np.ndarray:
@@ -85,92 +91,6 @@ def _mask(run: KnowledgeRun, cells: str) -> np.ndarray | None:
 
 def _null_role(ctx: FamilyContext, pair: Pair) -> str | None:
     return "control" if ctx.family.has_control and "control" not in pair else None
-
-
-def _finite(x: float) -> bool:
-    return x is not None and math.isfinite(x)
-
-
-def _judge_datasets(
-    ctx: FamilyContext,
-    claim: Claim,
-    pair: Pair,
-    op: str,
-    keys: list[Pair],
-    metric: Stat,
-    control: Stat,
-    control_label: str,
-    extra: Callable[[KnowledgeRun], dict[str, Any]] | None = None,
-    interval: bool = True,
-    worst_by: str = "metric",
-) -> Measurement:
-    """Each dataset's metric, control and bootstrap interval; the worst dataset is reported:
-    the one with the weakest metric bound (``worst_by="metric"``), or with the smallest gap
-    between metric and control in the claim's direction (``"contrast"``, for metrics that sit
-    at float noise on every dataset, where the weakest metric would be picked by rounding)."""
-    n_boot = int(claim.params.get("n_boot", N_BOOT))
-    rows: dict[str, dict[str, Any]] = {}
-    artifacts: list[str] = []
-    for dataset in knowledge_datasets(ctx, claim.params.get("datasets")):
-        run = knowledge_run(ctx, dataset)
-        ensure_maps(ctx, run, keys)
-        full = np.arange(run.n)
-        ci = None
-        if interval:
-            ci = bootstrap_interval(lambda idx, run=run: metric(run, idx), n=run.n,
-                                    n_boot=n_boot, seed=seed_for(ctx, claim.id, dataset))
-        rows[dataset] = {
-            "metric": metric(run, full), "control": control(run, full), "interval": ci,
-            "n": run.n, "engines": dict(run.engines), **(extra(run) if extra else {}),
-        }
-        artifacts.extend(_plots(ctx, run, pair, claim.area))
-
-    def bound(row: dict[str, Any]) -> float:
-        ci = row["interval"]
-        value = row["metric"] if ci is None or not _finite(ci[0 if op == ">=" else 1]) \
-            else ci[0 if op == ">=" else 1]
-        return value if _finite(value) else (-math.inf if op == ">=" else math.inf)
-
-    def contrast(row: dict[str, Any]) -> float:
-        gap = bound(row) - row["control"] if op == ">=" else row["control"] - bound(row)
-        return gap if _finite(gap) else -math.inf
-
-    if worst_by == "contrast":
-        worst = min(rows, key=lambda d: contrast(rows[d]))
-    else:
-        worst = (min if op == ">=" else max)(rows, key=lambda d: bound(rows[d]))
-    row = rows[worst]
-    return Measurement(
-        metric=float(row["metric"]),
-        control=float(row["control"]),
-        control_label=control_label,
-        interval=row["interval"],
-        n=int(row["n"]),
-        details={"dataset": worst, "datasets": rows, "pair": list(pair)},
-        artifacts=tuple(dict.fromkeys(artifacts)),
-    )
-
-
-def _plots(ctx: FamilyContext, run: KnowledgeRun, pair: Pair, area: str) -> list[str]:
-    ref, post = pair
-    kind = "cross" if area == "crossmodel" else "self"
-    keys = [(ref, post), (post, post)] if kind == "cross" else [(ref, ref), (post, post)]
-
-    def draw() -> list[str]:
-        if any(k not in run.maps for k in keys):
-            return []
-        a, b = normalize(run.heat(keys[0])), normalize(run.heat(keys[1]))
-        label = {(ref, ref): ref, (post, post): post, (ref, post): f"{ref} -> {post}"}
-        path = ctx.artifact(f"knowledge/{run.dataset}_{kind}_{ref}_{post}.png")
-        plot_heatmaps(
-            [(label[keys[0]], a), (label[keys[1]], b), ("difference", a - b)],
-            run.columns, path,
-            title=f"{ctx.family.name} {run.dataset}: normalised patching heatmaps "
-                  f"(n = {run.n} pairs)",
-        )
-        return [str(path)]
-
-    return ctx.memo(f"knowledge:plot:{run.dataset}:{kind}:{ref}:{post}", draw)
 
 
 # -- K1-K5: one model's heatmap against another's -----------------------------------------------
@@ -195,7 +115,7 @@ def _self_claim(
 
     label = f"{ref} vs the independent control base" if null else \
         f"{ref} vs {post} with layers reversed"
-    return _judge_datasets(ctx, claim, pair, op, keys, metric, control, label,
+    return judge_datasets(ctx, claim, pair, op, keys, metric, control, label,
                            extra=lambda run: _self_extra(run, ref, post))
 
 
@@ -267,7 +187,7 @@ def heatmap_peak_layer(ctx: FamilyContext, claim: Claim, pair: Pair) -> Measurem
 
     label = f"{ref} vs the independent control base" if null else \
         f"{ref} vs {post} with layers reversed"
-    return _judge_datasets(ctx, claim, pair, "<=", keys, metric, control, label, extra=extra)
+    return judge_datasets(ctx, claim, pair, "<=", keys, metric, control, label, extra=extra)
 
 
 @measure("knowledge.heatmap_reversed")
@@ -289,7 +209,7 @@ def heatmap_reversed(ctx: FamilyContext, claim: Claim, pair: Pair) -> Measuremen
         shuffled = [pearson_r(a, shuffle_layers(b, s), _mask(run, cells)) for s in range(20)]
         return {"r_layer_shuffled_mean": float(np.nanmean(shuffled))}
 
-    return _judge_datasets(ctx, claim, pair, "<=", keys, metric, control,
+    return judge_datasets(ctx, claim, pair, "<=", keys, metric, control,
                            f"r({ref}, {post}) unreversed", extra=extra)
 
 
@@ -306,7 +226,7 @@ def forward_correlation(ctx: FamilyContext, claim: Claim, pair: Pair) -> Measure
                                           _mask(run, cells))
 
     run0 = knowledge_run(ctx, knowledge_datasets(ctx, claim.params.get("datasets"))[0])
-    return _judge_datasets(ctx, claim, pair, ">=", keys, corr(ref), corr(NULL),
+    return judge_datasets(ctx, claim, pair, ">=", keys, corr(ref), corr(NULL),
                            f"{run0.null_label} patched into {post}")
 
 
@@ -331,7 +251,7 @@ def forward_recovery(ctx: FamilyContext, claim: Claim, pair: Pair) -> Measuremen
         return {"Rk": {f"{s}->{post}": _rk(run, (s, post), full) for s in (ref, post, NULL)}}
 
     run0 = knowledge_run(ctx, knowledge_datasets(ctx, claim.params.get("datasets"))[0])
-    return _judge_datasets(ctx, claim, pair, ">=", keys, ratio(ref), ratio(NULL),
+    return judge_datasets(ctx, claim, pair, ">=", keys, ratio(ref), ratio(NULL),
                            f"{run0.null_label} patched into {post}", extra=extra)
 
 
@@ -343,9 +263,11 @@ def asymmetry(ctx: FamilyContext, claim: Claim, pair: Pair) -> Measurement:
     runs = [knowledge_run(ctx, d) for d in knowledge_datasets(ctx, claim.params.get("datasets"))]
     for run in runs:
         ensure_maps(ctx, run, [(ref, post), (post, ref), (NULL, post), (NULL, ref)])
+    kept, excluded, quantities = split_decidable(runs, [post, ref])
+    runs = kept or runs
 
     def majority(values: list[float]) -> float:
-        vals = sorted((v for v in values if _finite(v)), reverse=True)
+        vals = sorted((v for v in values if finite(v)), reverse=True)
         return vals[math.ceil(len(values) / 2) - 1] if len(vals) >= math.ceil(len(values) / 2) \
             else float("nan")
 
@@ -360,14 +282,15 @@ def asymmetry(ctx: FamilyContext, claim: Claim, pair: Pair) -> Measurement:
         n=[r.n for r in runs], n_boot=int(claim.params.get("n_boot", N_BOOT)),
         seed=seed_for(ctx, claim.id),
     )
-    artifacts = [p for r in runs for p in _plots(ctx, r, pair, "crossmodel")]
+    artifacts = [p for r in runs for p in plots(ctx, r, pair, "crossmodel")]
     return Measurement(
         metric=majority(fwd),
         control=majority(null),
         control_label=f"Rk({runs[0].null_label} -> {post}) - Rk(same -> {ref})",
         interval=ci,
         n=sum(r.n for r in runs),
-        details={"pair": list(pair), "datasets": {
+        details={**quantities, "pair": list(pair), "excluded": excluded,
+                 **({"caveat": caveat(excluded)} if excluded else {}), "datasets": {
             r.dataset: {"asymmetry": f, "null_asymmetry": z, "n": r.n,
                         "Rk": {f"{a}->{b}": _rk(r, (a, b), np.arange(r.n)) for a, b in
                                [(ref, post), (post, ref), (post, post), (ref, ref)]}}
@@ -379,22 +302,25 @@ def asymmetry(ctx: FamilyContext, claim: Claim, pair: Pair) -> Measurement:
 @measure("crossmodel.self_patch")
 def self_patch(ctx: FamilyContext, claim: Claim, pair: Pair) -> Measurement:
     """X4: self-patching the last layer at the last token restores the clean TRUE logit
-    difference (``R = 1``); the control is the null source patched there. The metric is float
-    noise (about 1e-7) on every dataset, so the dataset reported is the one where the control
-    is closest to it (the weakest contrast), not the one with the largest rounding error."""
+    difference (``R = 1``) in both models. Control: the same models' ``|R - 1|`` one cell to the
+    left of the readout in the last layer, at the first column where the TRUE and FALSE prompts
+    differ (the last token is all the readout sees after the last block, so a live patch gives
+    ``R = 0`` there): a pipeline that read the clean TRUE run instead of patching would give
+    ``R = 1`` at both cells. The metric is float noise (about 1e-7) on every dataset, so the
+    dataset reported is the one where the control is closest to it (the weakest contrast).
+    Holds for either sign of ``LD_T - LD_F``, so no dataset is left out for its order."""
     ref, post = pair
-    keys = [(ref, ref), (post, post), (NULL, post)]
+    keys = [(ref, ref), (post, post)]
 
-    def readout_cell(run: KnowledgeRun, key: Pair, idx: np.ndarray) -> float:
-        return abs(float(run.recovered(key, idx)[-1, -1]) - 1.0)
+    def cell(run: KnowledgeRun, key: Pair, idx: np.ndarray, column: int) -> float:
+        return abs(float(run.recovered(key, idx)[-1, column]) - 1.0)
 
     def metric(run: KnowledgeRun, idx: np.ndarray) -> float:
-        return max(readout_cell(run, (ref, ref), idx), readout_cell(run, (post, post), idx))
+        return max(cell(run, k, idx, -1) for k in keys)
 
     def control(run: KnowledgeRun, idx: np.ndarray) -> float:
-        return readout_cell(run, (NULL, post), idx)
+        return min(cell(run, k, idx, run.first_informative_column) for k in keys)
 
-    run0 = knowledge_run(ctx, knowledge_datasets(ctx, claim.params.get("datasets"))[0])
-    return _judge_datasets(ctx, claim, pair, "<=", keys, metric, control,
-                           f"{run0.null_label} patched into {post}", interval=False,
-                           worst_by="contrast")
+    return judge_datasets(ctx, claim, pair, "<=", keys, metric, control,
+                          "|R - 1| at the last layer's first informative column (R = 0 "
+                          "expected)", interval=False, worst_by="contrast", needs_order=False)

@@ -262,6 +262,10 @@ def _steer_details(run: SteeringRun, vectors: tuple[str, ...]) -> dict[str, Any]
         "model": run.model, "positions": run.positions, "n_true": run.n_true,
         "n_false": run.n_false, "p_diff_true_none": float(res.true_none.mean()),
         "p_diff_false_none": float(res.false_none.mean()),
+        # the precondition of every steering claim (thresholds.yaml): the model's own vector
+        # steers it, so a transfer effect (or its absence) can be read at all
+        "own_ie": res.effect(run.model).average if run.model in res.true_subtract
+        else float("nan"),
     }
     for vec in vectors:
         ie, nie = res.effect(vec), res.effect(vec, normalised=True)

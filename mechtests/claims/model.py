@@ -3,7 +3,9 @@
 A claim never computes. Its ``measure`` names a function registered by an area module
 (:mod:`mechtests.areas`), which returns a :class:`Measurement`: the metric, the same metric on a
 control (an independent base, a random direction, a shuffled heatmap) and, where sampling
-matters, a bootstrap interval.
+matters, a bootstrap interval. Its ``details`` also carry the numbers the claim's
+:class:`Precondition` s read (thresholds.yaml ``preconditions``): what must hold for the
+experiment to decide the claim at all.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ class Verdict(str, Enum):
     SKIP = "SKIP"
     ERROR = "ERROR"
     INFO = "INFO"  # random-weight family (tiny, real-shape timing runs): numbers, no verdict
+    # the experiment could not decide: a precondition failed, or the interval contains the
+    # threshold (neither PASS nor FAIL is supported by the data)
+    INCONCLUSIVE = "INCONCLUSIVE"
 
     def __str__(self) -> str:
         return self.value
@@ -63,6 +68,41 @@ class ControlRule:
 
 
 @dataclass(frozen=True)
+class Precondition:
+    """What must hold before a claim's metric is read: ``details[quantity] op value``."""
+
+    quantity: str  # a key of Measurement.details (a number)
+    op: str  # ">=" or "<="
+    value: float
+    why: str  # what the check protects, in words ("own-vector steering works")
+    source: str  # where the floor comes from (paper section, or "ours: <reason>")
+
+
+@dataclass(frozen=True)
+class PreconditionCheck:
+    """One precondition evaluated on one measurement (``measured`` is NaN when missing)."""
+
+    precondition: Precondition
+    measured: float
+    holds: bool
+
+    def describe(self) -> str:
+        p = self.precondition
+        sym = p.op if self.holds else ("<" if p.op == ">=" else ">")
+        return f"{p.why}: {p.quantity} {self.measured:.3g} {sym} {p.value:.3g}"
+
+
+@dataclass(frozen=True)
+class Power:
+    """How well an interval resolves the threshold: half-width vs distance of the point
+    estimate to the threshold. ``decided`` is false when the interval contains the threshold."""
+
+    half_width: float
+    distance: float
+    decided: bool
+
+
+@dataclass(frozen=True)
 class ThresholdSpec:
     """A claim's pass rule on one family, with its provenance."""
 
@@ -74,6 +114,7 @@ class ThresholdSpec:
     note: str = ""
     uses_interval: bool = True
     tolerance: float | str | None = None  # baseline drift; None: mechtests.report.baseline default
+    preconditions: tuple[Precondition, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -83,3 +124,5 @@ class Judgement:
     verdict: Verdict
     message: str
     bound: float  # the number compared with the threshold (interval bound or metric)
+    checks: tuple[PreconditionCheck, ...] = ()
+    power: Power | None = None  # set when an interval was judged

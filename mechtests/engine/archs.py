@@ -9,7 +9,13 @@ An :class:`ArchSpec` names, relative to one decoder layer, the module whose *out
 attention contribution (``self_attn`` for Llama/Mistral/Qwen2; Gemma-2 adds a post-attention
 RMSNorm, so its contribution is ``post_attention_layernorm``'s output), the module whose output
 is the MLP contribution, and the down projection (whose input is ``mlp.hook_post``). Lookup is
-by ``config.model_type``, never by a substring of a path or a name.
+by ``config.model_type``, never by a substring of a path or a name. Gemma-3 has Gemma-2's
+block (its q/k norms, sliding windows and embedding scale live inside modules the hooks do not
+cross); Qwen3 has Llama's (q/k norms inside attention).
+
+A model type without an entry is recognised from its module tree by
+:func:`mechtests.engine.layout.recognise` (:func:`spec_for_model`), so a new pre-norm decoder
+needs no code change; the table only saves that probe for the known types.
 
 Example:
     >>> arch_spec("gemma2").attn_contrib
@@ -19,6 +25,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from mechtests.errors import CheckpointError
 
@@ -38,24 +45,40 @@ class ArchSpec:
 
 
 _LLAMA_LIKE = ArchSpec()
+_GEMMA_LIKE = ArchSpec(
+    attn_contrib="post_attention_layernorm",
+    mlp_contrib="post_feedforward_layernorm",
+    norm_offset=1.0,
+)
 ARCH_SPECS: dict[str, ArchSpec] = {
     "llama": _LLAMA_LIKE,
     "mistral": _LLAMA_LIKE,
     "qwen2": _LLAMA_LIKE,
-    "gemma2": ArchSpec(
-        attn_contrib="post_attention_layernorm",
-        mlp_contrib="post_feedforward_layernorm",
-        norm_offset=1.0,
-    ),
+    "qwen3": _LLAMA_LIKE,
+    "gemma2": _GEMMA_LIKE,
+    "gemma3_text": _GEMMA_LIKE,
 }
+
+
+def spec_for_model(model: Any) -> ArchSpec:
+    """The table's spec for ``model.config.model_type``, else the layout recognised from the
+    module tree (:func:`mechtests.engine.layout.recognise`; a one-line
+    :class:`CheckpointError` when it cannot be)."""
+    model_type = str(model.config.model_type)
+    if model_type in ARCH_SPECS:
+        return ARCH_SPECS[model_type]
+    from mechtests.engine.layout import recognise
+
+    return recognise(model)
 
 
 def arch_spec(model_type: str) -> ArchSpec:
     """The spec of ``config.model_type``; a :class:`CheckpointError` listing the known ones."""
     if model_type not in ARCH_SPECS:
         raise CheckpointError(
-            f"architecture {model_type!r} (config.json model_type) is not supported by the hooks "
-            f"backend; expected one of {', '.join(sorted(ARCH_SPECS))}. Fix: add an ArchSpec "
-            "entry in mechtests/engine/archs.py naming its attention/MLP output modules."
+            f"architecture {model_type!r} (config.json model_type) has no entry in the site "
+            f"table; expected one of {', '.join(sorted(ARCH_SPECS))}. Fix: load the model "
+            "(its layout is then recognised from the module tree: spec_for_model), or add an "
+            "ArchSpec entry in mechtests/engine/archs.py naming its attention/MLP output modules."
         )
     return ARCH_SPECS[model_type]

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from mechtests.engine.archs import ArchSpec, arch_spec
+from mechtests.engine.archs import ArchSpec, spec_for_model
 from mechtests.engine.backend import Batch, Hook, HookFn, ReadoutWeights
 from mechtests.errors import ConfigError, SiteError
 from mechtests.sites import Site, parse_site
@@ -87,7 +87,7 @@ class HFBackendBase:
         self.tokenizer: Any = tokenizer
         self.name = name
         config = model.config
-        self.spec: ArchSpec = arch_spec(str(config.model_type))
+        self.spec: ArchSpec = spec_for_model(model)
         self.n_layers = int(config.num_hidden_layers)
         self.d_model = int(config.hidden_size)
         first = next(model.parameters())

@@ -31,17 +31,16 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from mechtests.checkpoints.atomic import atomic_directory
 from mechtests.engine.word_tokenizer import SPECIALS, build_word_tokenizer
 from mechtests.errors import CheckpointError
 
 CODE_VERSION = "1"
-ARCHS = ("llama", "mistral", "qwen2", "gemma2")
+ARCHS = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3")
 ROLES = ("base", "sft", "instruct", "control")
 REQUIRED_WORDS = ("TRUE", "FALSE", ":", "this", "statement", "is")
 DATASETS_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "organism" / "datasets"
@@ -67,12 +66,25 @@ _ARCH_CONFIG: dict[str, tuple[str, str, dict[str, Any]]] = {
     "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
     "mistral": ("MistralConfig", "MistralForCausalLM", {"sliding_window": None}),
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {"use_sliding_window": False}),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"use_sliding_window": False}),
     "gemma2": (
         "Gemma2Config",
         "Gemma2ForCausalLM",
         {
             "query_pre_attn_scalar": 16,
             "sliding_window": 128,
+            "hidden_activation": "gelu_pytorch_tanh",
+        },
+    ),
+    # Gemma-3: a 4-token sliding window on layer 0 (shorter than the test prompts, so the
+    # window matters), then a global layer; q/k norms and the embedding scale are built in.
+    "gemma3": (
+        "Gemma3TextConfig",
+        "Gemma3ForCausalLM",
+        {
+            "query_pre_attn_scalar": 16,
+            "sliding_window": 4,
+            "layer_types": ["sliding_attention", "full_attention"],
             "hidden_activation": "gelu_pytorch_tanh",
         },
     ),
@@ -153,15 +165,8 @@ def _build_locked(arch: str, vocab: list[str], config: dict[str, Any], root: Pat
     with FileLock(str(root) + ".lock"):
         if all((root / role / "config.json").is_file() for role in ROLES):
             return
-        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-        try:
+        with atomic_directory(root) as tmp:  # replaces a partial older layout
             _build(arch, vocab, config, tmp)
-            if root.exists():  # a partial directory from an older, interrupted layout
-                shutil.rmtree(root)
-            tmp.replace(root)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
 
 def _build(arch: str, vocab: list[str], config: dict[str, Any], out: Path) -> None:

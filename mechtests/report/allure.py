@@ -4,9 +4,11 @@ When allure-pytest is active (``pytest --alluredir DIR``), every claim test carr
 
 * parameters ``family``, ``models`` (``base -> instruct``), ``claim`` and ``checkpoints``
   (the pytest parameter ``claim_case`` is kept but hidden: it is the same information);
-* labels: epic ``mechtests``, feature = area, story = claim id, tag = verdict;
+* labels: epic ``mechtests``, feature = area, story = claim id, tag = verdict (``INCONCLUSIVE``
+  included: such a test is "broken" in Allure, or "skipped" under ``--allow-inconclusive``);
 * a title ``<claim> on <family> (<ref> -> <post>)`` and a description (statement, paper,
-  threshold source, verdict message);
+  threshold source, verdict message, each precondition with its measured value, the interval's
+  half-width against the distance to the threshold);
 * attachments: ``claim record.json`` (the matrix record: metric, interval, control, threshold,
   details) and each plot or file the measure wrote (``record["artifacts"]``).
 
@@ -87,6 +89,15 @@ def attach_record(record: Mapping[str, Any], report_dir: Path) -> None:
         f"{record.get('control_margin')}; source: {record.get('source', '')}",
         f"- verdict: {record.get('verdict')}: {record.get('message', '')}",
     ]
+    for check in record.get("preconditions") or []:
+        lines.append(f"- precondition {'holds' if check.get('holds') else 'FAILED'}: "
+                     f"{check.get('why')}: {check.get('quantity')} = {check.get('measured')} "
+                     f"(needs {check.get('op')} {check.get('value')}; {check.get('source')})")
+    power = record.get("power")
+    if power:
+        lines.append(f"- power: interval half-width {power.get('half_width')}, distance to the "
+                     f"threshold {power.get('distance')}"
+                     + ("" if power.get("decided") else " (the interval contains the threshold)"))
     if record.get("note"):
         lines.append(f"- note: {record['note']}")
     allure.dynamic.description("\n".join(lines))

@@ -17,7 +17,8 @@ Tolerance: a number is an absolute tolerance on ``|new - old|``; a string ``"N%"
 to ``|old|``. Default :data:`DEFAULT_TOLERANCE` (0.05 absolute: most metrics are cosines,
 fractions or accuracies in [0, 1], where 0.05 is a change a reviewer should see). Not compared:
 intervals (bootstrap noise is already in the claim's verdict) and results without a metric
-(SKIP/ERROR; the verdict column shows them).
+(SKIP/ERROR; the verdict column shows them). A verdict that turns INCONCLUSIVE, or stops being
+INCONCLUSIVE, is a drift of its own (``verdict PASS -> INCONCLUSIVE``), also within tolerance.
 
 Example:
     >>> Tolerance.parse("5%").allows(old=2.0, new=2.09), Tolerance.parse(0.05).allows(0.9, 0.96)
@@ -51,6 +52,7 @@ __all__ = [
 DEFAULT_TOLERANCE = 0.05
 FORMAT_VERSION = 1
 COMPARED = ("metric", "control")
+INCONCLUSIVE = "INCONCLUSIVE"  # = mechtests.claims.model.Verdict.INCONCLUSIVE
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*%\s*$")
 
 Record = MutableMapping[str, Any]
@@ -164,6 +166,15 @@ def load_baseline(path: Path) -> dict[str, dict[str, Any]]:
     return dict(data.get("results") or {})
 
 
+def _inconclusive_moved(old: Any, new: Any) -> str | None:
+    """A verdict that became, or stopped being, INCONCLUSIVE (a precondition or the interval's
+    power changed): a drift even when the numbers stay within tolerance, because under
+    ``--allow-inconclusive`` a PASS turning INCONCLUSIVE would otherwise pass silently."""
+    if old is None or old == new or INCONCLUSIVE not in (old, new):
+        return None
+    return f"verdict {old} -> {new}"
+
+
 def compare(records: Iterable[Mapping[str, Any]], baseline: Mapping[str, Mapping[str, Any]],
             tolerance_for: Callable[[str, str], Tolerance]) -> list[Drift]:
     """One :class:`Drift` per record, in order."""
@@ -192,7 +203,11 @@ def compare(records: Iterable[Mapping[str, Any]], baseline: Mapping[str, Mapping
                 status = "drift"
                 bad.append(f"{name} {before:.6g} -> {now:.6g} (change {now - before:+.3g}, "
                            f"tolerance {tol})")
-        if not changes:
+        verdict_moved = _inconclusive_moved(old.get("verdict"), rec.get("verdict"))
+        if verdict_moved:
+            status = "drift"
+            bad.append(verdict_moved)
+        if not changes and not verdict_moved:
             status, message = "n/a", f"{where}: no metric to compare ({rec.get('verdict')})"
         elif bad:
             message = f"{where}: " + "; ".join(bad)

@@ -32,7 +32,7 @@ from urllib.parse import quote
 __all__ = ["VERDICTS", "cell_parts", "render_html", "write_html"]
 
 Record = Mapping[str, Any]
-VERDICTS = ("PASS", "FAIL", "XFAIL", "XPASS", "ERROR", "SKIP", "INFO")
+VERDICTS = ("PASS", "FAIL", "INCONCLUSIVE", "XFAIL", "XPASS", "ERROR", "SKIP", "INFO")
 _IMAGE = (".png", ".svg", ".jpg", ".jpeg", ".gif", ".webp")
 
 
@@ -112,6 +112,14 @@ def _details(record: Record) -> str:
         ("note", record.get("note")),
         ("expected failure", record.get("expected_failure")),
         ("message", record.get("message")),
+        ("preconditions", "; ".join(
+            f"{'ok' if c.get('holds') else 'FAILED'} {c.get('why')}: {c.get('quantity')} "
+            f"{_fmt(c.get('measured'))} {c.get('op')} {_fmt(c.get('value'))} ({c.get('source')})"
+            for c in record.get("preconditions") or [])),
+        ("power", "" if not record.get("power") else
+         f"interval half-width {_fmt(record['power'].get('half_width'))}, distance to the "
+         f"threshold {_fmt(record['power'].get('distance'))}"
+         + ("" if record["power"].get("decided") else " (the interval contains the threshold)")),
         ("checkpoints", ", ".join(f"{k} {v}"
                                   for k, v in (record.get("checkpoints") or {}).items())),
         ("seconds", record.get("seconds")),
@@ -146,8 +154,8 @@ def _cell(record: Record) -> str:
     for key in ("metric", "control"):
         if parts[key]:
             body.append(f'<div class="sub {key}">{_e(parts[key])}</div>')
-    if record.get("metric") is None and record.get("message"):
-        body.append(f'<div class="sub msg">{_e(str(record["message"])[:120])}</div>')
+    if record.get("message") and (record.get("metric") is None or verdict == "INCONCLUSIVE"):
+        body.append(f'<div class="sub msg">{_e(str(record["message"])[:160])}</div>')
     arts = record.get("artifacts") or []
     if arts:
         links = " ".join(f'<a href="{_e(_href(a))}">{_e(Path(a).name)}</a>' for a in arts)
@@ -179,7 +187,8 @@ def _drift_cell(record: Record | None) -> str:
 _CSS = """
 :root{--pass:#d9f2dd;--pass-b:#1e7b34;--fail:#f9d6d5;--fail-b:#b3261e;--xfail:#fcefc7;
 --xfail-b:#8a6100;--xpass:#eadcf8;--xpass-b:#6a2fa8;--error:#ffd8b5;--error-b:#a14b00;
---skip:#eceff1;--skip-b:#546e7a;--info:#dbe9fb;--info-b:#1f5fa8}
+--skip:#eceff1;--skip-b:#546e7a;--info:#dbe9fb;--info-b:#1f5fa8;--inconclusive:#e3e4f7;
+--inconclusive-b:#3f3d99}
 body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:1.2em;color:#1b1b1b}
 h1{font-size:1.4em;margin:0 0 .3em}.meta{color:#555;font-size:.85em;margin:.2em 0}
 .badge{display:inline-block;border-radius:3px;padding:0 .4em;margin-right:.3em;font-weight:600;
@@ -207,6 +216,7 @@ details dd{margin:0;white-space:pre-wrap}
 .v-ERROR{background:var(--error)}.v-ERROR .verdict{color:var(--error-b)}
 .v-SKIP{background:var(--skip)}.v-SKIP .verdict{color:var(--skip-b)}
 .v-INFO{background:var(--info)}.v-INFO .verdict{color:var(--info-b)}
+.v-INCONCLUSIVE{background:var(--inconclusive)}.v-INCONCLUSIVE .verdict{color:var(--inconclusive-b)}
 .drift{font-size:.85em;min-width:6em}.d-ok{background:#eef8f0}.d-drift{background:var(--fail)}
 .d-drift .verdict{color:var(--fail-b)}.d-new{background:var(--xfail)}.d-na{background:var(--skip)}
 .empty{background:repeating-linear-gradient(45deg,#fafafa,#fafafa 4px,#f0f0f0 4px,#f0f0f0 8px)}
@@ -226,7 +236,7 @@ _JS = """
   function fmt(c){return Object.keys(c).sort().map(function(k){return c[k]+' '+k;}).join(', ');}
   var live=document.getElementById('live-counts');
   live.textContent='cells: '+fmt(counts)+(Object.keys(drifts).length?' · drift: '+fmt(drifts):'');
-  var bad=['FAIL','ERROR','XPASS'];
+  var bad=['FAIL','ERROR','XPASS','INCONCLUSIVE'];
   document.querySelectorAll('tr.row').forEach(function(tr){
     var p=false;
     tr.querySelectorAll('td.cell').forEach(function(td){
@@ -290,7 +300,10 @@ def _header(meta: Mapping[str, Any], records: Sequence[Record], has_drift: bool)
         'upper for ≤; the metric when there is no interval) against the threshold; the metric '
         'with its interval and n; the control and the margin the metric must beat it by. '
         'XFAIL = expected failure (thresholds.yaml); XPASS = an expected failure now holds '
-        '(fails the run). drift = change beyond the claim\'s tolerance against the baseline; '
+        '(fails the run). INCONCLUSIVE = the experiment could not decide: a precondition '
+        '(thresholds.yaml) failed, or the interval contains the threshold (half-width vs '
+        'distance in the cell); fails the run unless --allow-inconclusive. '
+        'drift = change beyond the claim\'s tolerance against the baseline; '
         'new = not in the baseline (both fail the run).</p>'
         '<div class="controls"><button id="expand" type="button">expand all details</button>'
         '<label><input type="checkbox" id="problems"> only rows with a failure or drift'

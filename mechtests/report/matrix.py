@@ -3,6 +3,10 @@
 A cell reads ``PASS 0.93>=0.8 c0.12``: the verdict, the metric (or the interval bound that was
 compared) against the threshold, and the control's value. ``XFAIL`` marks an expected failure
 listed in thresholds.yaml; ``XPASS`` means such a claim now holds (news: the run fails).
+``INCONCLUSIVE`` means the experiment could not decide: a precondition failed (the cell names
+it and its measured value, e.g. ``INCONCLUSIVE own_ie -0.02<0.1``) or the interval spans the
+threshold (``INCONCLUSIVE 0.743..0.957 spans 0.95``); the run fails on it unless
+``--allow-inconclusive``.
 """
 
 from __future__ import annotations
@@ -39,9 +43,29 @@ def _num(x: float | None) -> str:
     return "-" if x is None else f"{x:.3g}"
 
 
+def _inconclusive_text(record: Record) -> str | None:
+    """``INCONCLUSIVE own_ie -0.02<0.1`` (the first failed precondition) or
+    ``INCONCLUSIVE 0.743..0.957 spans 0.95`` (the interval contains the threshold)."""
+    for check in record.get("preconditions") or []:
+        if not check.get("holds"):
+            sym = "<" if check["op"] == ">=" else ">"
+            return (f"INCONCLUSIVE {check['quantity']} {_num(check['measured'])}{sym}"
+                    f"{_num(check['value'])}")
+    power, interval = record.get("power"), record.get("interval")
+    if power and not power.get("decided") and interval:
+        text = (f"INCONCLUSIVE {_num(interval[0])}..{_num(interval[1])} spans "
+                f"{_num(record.get('threshold'))}")
+        return text + (f" c{_num(record['control'])}" if record.get("control") is not None
+                       else "")
+    return None
+
+
 def cell_text(record: Record) -> str:
-    """Compact cell: verdict, compared number vs threshold, control."""
+    """Compact cell: verdict, compared number vs threshold, control; an INCONCLUSIVE cell
+    names what could not be decided (a precondition, or an interval spanning the threshold)."""
     verdict = record["verdict"]
+    if verdict == "INCONCLUSIVE":
+        return _inconclusive_text(record) or verdict
     if record.get("metric") is None:
         return verdict
     metric = record["metric"]
@@ -101,7 +125,8 @@ def format_terminal(records: Sequence[Record]) -> list[str]:
     lines.append("verdicts: " + ", ".join(f"{n} {v}" for v, n in sorted(counts.items())))
     lines.append(
         "cell = verdict, compared value (CI bound when an interval exists) vs threshold, "
-        "c = control value; details in reports/claim_matrix.md"
+        "c = control value; INCONCLUSIVE = a failed precondition or an interval that spans "
+        "the threshold; details in reports/claim_matrix.md"
     )
     return lines
 
@@ -164,7 +189,8 @@ def to_markdown(records: Sequence[Record], meta: Mapping[str, Any]) -> str:
         rule = f"{rec.get('op', '')} {_num(rec.get('threshold'))}"
         if rec.get("control_margin") is not None:
             rule += f", margin {_num(rec['control_margin'])} over control"
-        why = (rec.get("expected_failure") or rec.get("message") or "").replace("|", "/")
+        why = ((rec.get("expected_failure") if rec["verdict"] == "XFAIL" else None)
+               or rec.get("message") or "").replace("|", "/")
         out.append(
             f"| `{rec['claim_id']}` | {rec['family']} | {'->'.join(rec['pair'])} | "
             f"{rec['verdict']} | {_num(rec.get('metric'))} | {iv} | "

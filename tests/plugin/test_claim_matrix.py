@@ -118,3 +118,54 @@ def _thresholds(value: float, margin: float | None = None) -> str:
         rule["control_margin"] = margin
     data["expected_failures"] = {"tinyj": {CLAIM: "test: an impossible threshold"}}
     return yaml.safe_dump(data)
+
+
+def _unreachable_precondition(expected_failure: bool = False) -> str:
+    """The claim with a precondition no run meets (a billion training statements)."""
+    import yaml
+
+    data = yaml.safe_load((Path(__file__).parents[2] / "thresholds.yaml").read_text())
+    data["claims"][CLAIM]["preconditions"] = [
+        {"quantity": "n_train", "op": ">=", "value": 1e9, "why": "enough training statements",
+         "source": "test: unreachable"}]
+    data["expected_failures"] = {"tinyj": {CLAIM: "test: expected"}} if expected_failure else {}
+    return yaml.safe_dump(data)
+
+
+def _verdicts(report: Path) -> set[str]:
+    return {r["verdict"] for r in json.loads((report / "claim_matrix.json").read_text())["results"]}
+
+
+def test_an_inconclusive_claim_fails_the_gate_unless_allowed(
+    pytester: pytest.Pytester, cache_dir: Path
+) -> None:
+    rules = pytester.path / "unreachable.yaml"
+    rules.write_text(_unreachable_precondition())
+    strict = run_suite(pytester, cache_dir, pytester.path / "r1", "--thresholds", str(rules))
+    strict.assert_outcomes(failed=2)
+    assert strict.ret == 1
+    strict.stdout.fnmatch_lines(["*INCONCLUSIVE n_train *<1e+09*"])
+    assert _verdicts(pytester.path / "r1") == {"INCONCLUSIVE"}
+    relaxed = run_suite(pytester, cache_dir, pytester.path / "r2", "--thresholds", str(rules),
+                        "--allow-inconclusive")
+    relaxed.assert_outcomes(skipped=2)
+    assert relaxed.ret == 0
+    assert _verdicts(pytester.path / "r2") == {"INCONCLUSIVE"}
+
+
+def test_an_inconclusive_expected_failure_is_neither_an_xfail_nor_an_xpass(
+    pytester: pytest.Pytester, cache_dir: Path
+) -> None:
+    rules = pytester.path / "unreachable_xfail.yaml"
+    rules.write_text(_unreachable_precondition(expected_failure=True))
+    result = run_suite(pytester, cache_dir, pytester.path / "r", "--thresholds", str(rules))
+    result.assert_outcomes(failed=2)
+    assert _verdicts(pytester.path / "r") == {"INCONCLUSIVE"}
+
+
+def test_allow_inconclusive_is_in_the_mechtests_help_group(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest_subprocess("--help")
+    text = result.stdout.str()
+    group = text[text.index("mechtests: post-training claim tests"):]
+    assert "--allow-inconclusive" in group
+    assert "Default: off" in group[group.index("--allow-inconclusive"):][:400]

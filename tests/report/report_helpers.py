@@ -73,6 +73,25 @@ def synthetic_records() -> list[dict[str, Any]]:
           None, message="RuntimeError: out of memory"),
         r("confidence.entropy_neurons.overlap", "llama31", ("base", "instruct"), "PASS", 8.0,
           0.5, threshold=8, control_margin=5),
+        *inconclusive_records(),
+    ]
+
+
+def inconclusive_records() -> list[dict[str, Any]]:
+    """One INCONCLUSIVE cell per cause: a failed precondition, an interval spanning 0.95."""
+    own = {"quantity": "own_ie", "measured": -0.019, "op": ">=", "value": 0.1, "holds": False,
+           "why": "own-vector steering works", "source": "ours: synthetic"}
+    return [
+        _record("truth.steering.forward_ratio", "organism", ("base", "instruct"), "INCONCLUSIVE",
+                -0.1, 0.01, threshold=0.9, control_margin=0.5, interval=[-0.15, -0.07],
+                message="precondition failed: own-vector steering works: own_ie -0.019 < 0.1",
+                preconditions=[own]),
+        _record("knowledge.heatmap.correlation", "organism", ("base", "instruct"),
+                "INCONCLUSIVE", 0.948, 0.444, threshold=0.95, control_margin=0.05,
+                interval=[0.743, 0.957],
+                message="interval [0.743, 0.957] contains the threshold 0.95: half-width 0.107 "
+                        "> distance 0.0024; beats control base (0.444) by 0.504 >= 0.05",
+                power={"half_width": 0.107, "distance": 0.0024, "decided": False}),
     ]
 
 

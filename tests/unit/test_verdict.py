@@ -2,7 +2,13 @@ from __future__ import annotations
 
 import pytest
 
-from mechtests.claims.model import ControlRule, Measurement, ThresholdSpec, Verdict
+from mechtests.claims.model import (
+    ControlRule,
+    Measurement,
+    Precondition,
+    ThresholdSpec,
+    Verdict,
+)
 from mechtests.claims.verdict import judge
 
 HIGH = ThresholdSpec("x.y.z", ">=", 0.8, ControlRule(0.3), "test")
@@ -20,14 +26,90 @@ def test_a_metric_that_does_not_beat_its_control_fails_even_above_threshold() ->
 
 
 def test_the_interval_lower_bound_must_clear_a_lower_threshold() -> None:
-    result = judge(Measurement(0.9, 0.1, "ctl", interval=(0.7, 0.95)), HIGH)
-    assert result.verdict is Verdict.FAIL
-    assert result.bound == pytest.approx(0.7)
+    result = judge(Measurement(0.9, 0.1, "ctl", interval=(0.82, 0.95)), HIGH)
+    assert result.verdict is Verdict.PASS
+    assert result.bound == pytest.approx(0.82)
+    assert judge(Measurement(0.6, 0.1, "ctl", interval=(0.5, 0.7)), HIGH).verdict is Verdict.FAIL
 
 
 def test_the_interval_upper_bound_must_clear_an_upper_threshold() -> None:
-    assert judge(Measurement(0.3, 0.9, "ctl", interval=(0.2, 0.6)), LOW).verdict is Verdict.FAIL
+    assert judge(Measurement(0.6, 0.9, "ctl", interval=(0.55, 0.7)), LOW).verdict is Verdict.FAIL
     assert judge(Measurement(0.3, 0.9, "ctl", interval=(0.2, 0.45)), LOW).verdict is Verdict.PASS
+
+
+@pytest.mark.parametrize("metric", [0.85, 0.78])  # point estimate on either side of 0.8
+def test_an_interval_that_contains_the_threshold_is_inconclusive_with_half_width_and_distance(
+    metric: float,
+) -> None:
+    result = judge(Measurement(metric, 0.1, "ctl", interval=(0.7, 0.9)), HIGH)
+    assert result.verdict is Verdict.INCONCLUSIVE
+    assert "interval [0.7, 0.9] contains the threshold 0.8" in result.message
+    assert f"half-width 0.1 > distance {abs(metric - 0.8):.3g}" in result.message
+    assert result.power is not None
+    assert not result.power.decided
+    assert result.power.half_width == pytest.approx(0.1)
+
+
+def test_an_upper_threshold_inside_the_interval_is_inconclusive_too() -> None:
+    result = judge(Measurement(0.3, 0.9, "ctl", interval=(0.2, 0.6)), LOW)
+    assert result.verdict is Verdict.INCONCLUSIVE
+
+
+def test_a_decided_interval_reports_its_half_width_beside_the_distance() -> None:
+    result = judge(Measurement(0.95, 0.1, "ctl", interval=(0.9, 1.0)), HIGH)
+    assert result.verdict is Verdict.PASS
+    assert "(half-width 0.05, distance 0.15)" in result.message
+    assert result.power is not None
+    assert result.power.decided
+
+
+def test_a_failed_control_decides_even_when_the_interval_contains_the_threshold() -> None:
+    result = judge(Measurement(0.82, 0.7, "ctl", interval=(0.7, 0.9)), HIGH)
+    assert result.verdict is Verdict.FAIL
+
+
+OWN = Precondition("own_ie", ">=", 0.1, "own-vector steering works", "test")
+
+
+def _with(*pre: Precondition) -> ThresholdSpec:
+    return ThresholdSpec("x.y.z", ">=", 0.8, ControlRule(0.3), "test", preconditions=pre)
+
+
+@pytest.mark.parametrize("metric", [0.95, 0.1])  # would PASS / would FAIL
+def test_a_failed_precondition_is_inconclusive_with_its_reason_and_number(metric: float) -> None:
+    result = judge(Measurement(metric, 0.0, "ctl", details={"own_ie": -0.019}), _with(OWN))
+    assert result.verdict is Verdict.INCONCLUSIVE
+    assert result.message == "precondition failed: own-vector steering works: own_ie -0.019 < 0.1"
+    assert [c.holds for c in result.checks] == [False]
+
+
+def test_a_holding_precondition_lets_the_metric_decide() -> None:
+    result = judge(Measurement(0.95, 0.0, "ctl", details={"own_ie": 0.9}), _with(OWN))
+    assert result.verdict is Verdict.PASS
+    assert result.checks[0].measured == pytest.approx(0.9)
+
+
+def test_a_nan_precondition_quantity_does_not_hold() -> None:
+    result = judge(Measurement(0.95, 0.0, "ctl", details={"own_ie": float("nan")}), _with(OWN))
+    assert result.verdict is Verdict.INCONCLUSIVE
+
+
+def test_a_failed_precondition_wins_over_an_undefined_metric() -> None:
+    result = judge(Measurement(float("nan"), 0.0, "ctl", details={"own_ie": 0.0}), _with(OWN))
+    assert result.verdict is Verdict.INCONCLUSIVE
+
+
+def test_a_precondition_quantity_the_measure_does_not_report_is_an_error() -> None:
+    result = judge(Measurement(0.95, 0.0, "ctl"), _with(OWN))
+    assert result.verdict is Verdict.ERROR
+    assert "'own_ie'" in result.message
+
+
+def test_a_measurement_caveat_is_part_of_the_reason() -> None:
+    why = "neg_cities not judged: base rates FALSE statements above TRUE ones"
+    result = judge(Measurement(0.95, 0.0, "ctl", details={"caveat": why}), HIGH)
+    assert result.verdict is Verdict.PASS
+    assert result.message.endswith(why)
 
 
 def test_a_missing_control_is_an_error_not_a_pass() -> None:
