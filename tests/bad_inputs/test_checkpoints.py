@@ -95,3 +95,27 @@ def test_a_post_model_with_another_vocabulary_is_refused_for_cross_model_claims(
     (ckpt / "tokenizer.json").write_text(json.dumps(tok))
     assert_config_error(case.run("--sft", str(ckpt)), "vocabulary", "differs from tiny/base",
                         "knowledge")
+
+
+def test_another_vocabulary_is_accepted_when_no_claim_compares_tokens(case: Case) -> None:
+    from types import SimpleNamespace
+
+    from mechtests.families import load_families
+    from mechtests.preflight import check_family
+
+    ckpt = case.checkpoint("sft")
+    tok = json.loads((ckpt / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    vocab["zzz"] = vocab.pop("statement")
+    (ckpt / "tokenizer.json").write_text(json.dumps(tok))
+    family = load_families()["tiny"].with_checkpoint("sft", str(ckpt))
+    state = SimpleNamespace(cache_dir=case.cache, datasets_dir=None)
+    check_family(family, {"truth", "refusal"}, {"base", "sft"}, state)  # no error
+
+
+def test_full_trace_adds_the_traceback_to_the_one_line(case: Case) -> None:
+    result = case.run("--base", str(case.pytester.path / "missing" / "x"), "--full-trace")
+    assert result.ret == 4
+    err = result.stderr.str()
+    assert "Traceback" in err
+    assert "PreflightError: preflight:" in err
