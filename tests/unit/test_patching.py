@@ -7,7 +7,6 @@ from typing import Any
 import pytest
 import torch
 
-from mechtests.engine.archs import ARCH_SPECS
 from mechtests.methods import patching, patching_suffix, suffix_blocks
 from mechtests.methods.patching import (
     clean_logit_diffs,
@@ -53,9 +52,7 @@ def _backend(arch: str = "llama", seed: int = 0, layers: int = 3, **overrides: A
                  "qwen3": "Qwen3ForCausalLM", "mistral": "MistralForCausalLM"}[arch]
     model = getattr(transformers, model_cls)(config).eval()
     model.requires_grad_(False)
-    with pytest.MonkeyPatch.context() as patch:  # Qwen3's block has Llama's module names
-        patch.setitem(ARCH_SPECS, "qwen3", ARCH_SPECS.get("qwen3", ARCH_SPECS["llama"]))
-        return HooksBackend(model, build_tokenizer(vocab), name=f"{arch}-{seed}")
+    return HooksBackend(model, build_tokenizer(vocab), name=f"{arch}-{seed}")
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,12 @@ comparison sees it).
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from mechtests.engine.archs import ARCH_SPECS
 from mechtests.methods import patching_suffix, suffix_blocks
 from mechtests.methods.patching import (
     patch_heatmaps,
@@ -35,6 +35,7 @@ Q = " this statement is :"
 WIDTH = 10
 WINDOW = 6  # the prompts are 30 tokens: sliding layers see a fifth of them
 TOLERANCE = 1e-4  # of the largest |LD|
+TINY_ARCHS = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3")
 
 
 def _gemma(arch: str, seed: int = 0, **overrides: Any) -> Any:
@@ -65,10 +66,7 @@ def _gemma(arch: str, seed: int = 0, **overrides: Any) -> Any:
             if name.endswith("norm.weight"):
                 param.normal_(0.0, 0.5)
     model.requires_grad_(False)
-    with pytest.MonkeyPatch.context() as patch:  # Gemma-3's block has Gemma-2's module names
-        patch.setitem(ARCH_SPECS, "gemma3_text", ARCH_SPECS.get("gemma3_text",
-                                                                ARCH_SPECS["gemma2"]))
-        return HooksBackend(model, build_tokenizer(vocab), name=f"{arch}-{seed}")
+    return HooksBackend(model, build_tokenizer(vocab), name=f"{arch}-{seed}")
 
 
 def _prompts(statements: list[str]) -> list[str]:
@@ -139,3 +137,29 @@ def test_each_gemma_feature_changes_the_map_the_engine_must_follow(
         monkeypatch.setattr(patching_suffix, "decoder_of", lambda b, drop=drop: drop(real(b)))
         ld, _ = patch_suffix(*case["args"])
         assert _rel_err(ld, case["loop"]) > 100 * TOLERANCE, f"{case['arch']}: {name}"
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_every_tiny_checkpoint_patches_with_the_suffix_engine_at_the_loops_numbers(
+    arch: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from mechtests.engine import load_backend
+    from mechtests.engine.tiny import build_vocab, resolve
+
+    backend = load_backend(resolve(f"{arch}/base", _tiny_cache(tmp_path_factory)), device="cpu")
+    words = [w for w in build_vocab() if w.isalpha() and w.islower()][:10]
+    shot = " ".join(words[:6]) + " : TRUE\n"
+    true = [shot + " ".join(words[i : i + 6]) + " :" for i in (1, 2)]
+    false = [shot + " ".join([*words[i : i + 3], words[9], *words[i + 4 : i + 6]]) + " :"
+             for i in (1, 2)]
+    source = true_activations(backend, true, 6)
+    args = (backend, false, source, (backend.token_id("TRUE"), backend.token_id("FALSE")))
+    res, loop = patch_heatmaps(*args), patch_loop(*args)
+    backend.release()
+    assert res.engine == "suffix", res.note
+    assert float(loop.std()) > 0.01
+    assert _rel_err(res.ld, loop) <= TOLERANCE
+
+
+def _tiny_cache(factory: pytest.TempPathFactory) -> Path:
+    return factory.getbasetemp() / "tiny-cache"
