@@ -52,7 +52,8 @@ def test_measure_returns_metric_control_and_artifacts(ctx: Any, claim_id: str) -
     m = get_measure(claim.measure)(ctx, claim, ("base", "instruct"))
     assert m.control is not None
     assert m.control_label
-    datasets = len(ctx.family.knowledge.datasets)  # X3 pools every dataset
+    # X3 pools every dataset that can decide (all of them when none can)
+    datasets = m.details["datasets_decidable"] or len(ctx.family.knowledge.datasets)
     assert m.n == (5 * datasets if claim_id == "crossmodel.asymmetry" else 5)
     assert isinstance(m.metric, float)
     assert isinstance(m.control, float)

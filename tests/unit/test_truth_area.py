@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -66,6 +67,17 @@ def test_every_truth_measure_returns_a_metric_control_and_interval(
     assert m.n > 0
     for path in m.artifacts:
         assert Path(path).is_file()
+
+
+@pytest.mark.parametrize("claim", [c for c in LOCAL_CLAIMS if ".steering." in c.id],
+                         ids=lambda c: c.id)
+def test_steering_measures_report_the_own_vector_effect_their_precondition_reads(
+    tiny_ctx: FamilyContext, claim: Any
+) -> None:
+    m = get_measure(claim.measure)(tiny_ctx, claim, ("base", "instruct"))
+    own = m.details.get("own", "instruct")  # the ratios name the steered model; else post
+    assert m.details["model"] == own
+    assert m.details["own_ie"] == pytest.approx(m.details[own]["ie"])
 
 
 def test_truth_directions_cover_every_role_at_the_probe_layer(tiny_ctx: FamilyContext) -> None:
