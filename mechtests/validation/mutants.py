@@ -36,6 +36,7 @@ from mechtests.validation import surgery
 
 RECIPE_VERSION = "1"
 CARD = ".mutant.json"  # dot-file: not part of the checkpoint's fingerprint
+ENTROPY_SCALE = 2.0  # entropy_neurons_scaled: factor on the base entropy neurons' outputs
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,12 @@ MUTANTS: dict[str, Recipe] = {
         Recipe("entropy_neurons_zeroed", "instruct", "instruct", ("instruct",),
                "post = instruct with the output weights of its top-10 entropy neurons (last "
                "MLP) set to zero"),
+        Recipe("base_refusal_orthogonalised", "base", "base", ("base",),
+               "post = the base with its own refusal direction orthogonalised out of the "
+               "embedding and every o_proj and down_proj (refusal rewritten, all else kept)"),
+        Recipe("entropy_neurons_scaled", "base", "base", ("base",),
+               f"post = the base with the output weights of its top-10 entropy neurons "
+               f"multiplied by {ENTROPY_SCALE:g} (a confidence shift made by those neurons)"),
     )
 }
 
@@ -101,26 +108,26 @@ def truth_direction(family: Family, cache_dir: Path) -> torch.Tensor:
         ctx.release()
 
 
-def refusal_direction(family: Family, cache_dir: Path) -> torch.Tensor:
-    """The instruct model's unit refusal direction at the family's refusal layer."""
+def refusal_direction(family: Family, cache_dir: Path, role: str) -> torch.Tensor:
+    """``role``'s unit refusal direction at the family's refusal layer, in its own template."""
     from mechtests.areas.refusal_runs import refusal_directions
 
-    ctx = _context(family, cache_dir, ("instruct",))
+    ctx = _context(family, cache_dir, (role,))
     try:
-        return refusal_directions(ctx)["instruct"]
+        return refusal_directions(ctx)[role]
     finally:
         ctx.release()
 
 
-def entropy_neurons(family: Family, cache_dir: Path) -> tuple[int, ...]:
-    """The instruct model's entropy neurons with the overlap claim's parameters."""
+def entropy_neurons(family: Family, cache_dir: Path, role: str) -> tuple[int, ...]:
+    """``role``'s entropy neurons with the overlap claim's parameters."""
     from mechtests.claims.table import load_claims
     from mechtests.methods.entropy_neurons import neuron_stats, select_entropy_neurons
 
     params = {c.id: c.params for c in load_claims()}["confidence.entropy_neurons.overlap"]
-    ctx = _context(family, cache_dir, ("instruct",))
+    ctx = _context(family, cache_dir, (role,))
     try:
-        weights = ctx.backend("instruct").readout_weights()
+        weights = ctx.backend(role).readout_weights()
         stats = neuron_stats(weights, fold=bool(params.get("fold", True)))
     finally:
         ctx.release()
@@ -142,14 +149,16 @@ def _surgery(recipe: Recipe, family: Family, cache_dir: Path) -> tuple[Surgery |
         d = truth_direction(family, cache_dir)
         return (lambda s, c: surgery.project_out_writers(s, d, _n_layers(c)),
                 {"direction": "truth", "layer": family.truth.probe_layer, "norm": float(d.norm())})
-    if recipe.name == "refusal_orthogonalised":
-        r = refusal_direction(family, cache_dir)
+    role = recipe.uses[0] if recipe.uses else recipe.source
+    if recipe.name.endswith("refusal_orthogonalised"):
+        r = refusal_direction(family, cache_dir, role)
         return (lambda s, c: surgery.project_out_writers(s, r, _n_layers(c)),
-                {"direction": "refusal", "layer": family.refusal.layer})
-    if recipe.name == "entropy_neurons_zeroed":
-        neurons = entropy_neurons(family, cache_dir)
-        return (lambda s, c: surgery.zero_neurons(s, _n_layers(c) - 1, neurons),
-                {"neurons": list(neurons)})
+                {"direction": f"refusal of {role}", "layer": family.refusal.layer})
+    if recipe.name.startswith("entropy_neurons"):
+        neurons = entropy_neurons(family, cache_dir, role)
+        factor = 0.0 if recipe.name.endswith("zeroed") else ENTROPY_SCALE
+        return (lambda s, c: surgery.scale_neurons(s, _n_layers(c) - 1, neurons, factor),
+                {"neurons": list(neurons), "factor": factor})
     return None, {}
 
 
@@ -167,8 +176,9 @@ def mutant_key(family: Family, recipe: Recipe, cache_dir: Path) -> str:
         "source": fingerprint(recipe.source),
         "uses": {role: fingerprint(role) for role in recipe.uses},
         "truth_layer": family.truth.probe_layer if "truth" in recipe.name else None,
-        "refusal": [family.refusal.layer, family.refusal.templates.get("instruct")]
+        "refusal": [family.refusal.layer, family.refusal.templates.get(recipe.settings)]
         if "refusal" in recipe.name else None,
+        "entropy_scale": ENTROPY_SCALE if recipe.name == "entropy_neurons_scaled" else None,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -95,18 +95,24 @@ def project_out_writers(state: Mapping[str, torch.Tensor], direction: torch.Tens
     return out
 
 
-def zero_neurons(state: Mapping[str, torch.Tensor], layer: int,
-                 neurons: Iterable[int]) -> dict[str, torch.Tensor]:
+def scale_neurons(state: Mapping[str, torch.Tensor], layer: int, neurons: Iterable[int],
+                  factor: float) -> dict[str, torch.Tensor]:
     """A copy of ``state`` with the output weights (``down_proj`` columns) of ``neurons`` of
-    ``layer`` set to zero: those neurons no longer write anything."""
+    ``layer`` multiplied by ``factor`` (0: those neurons no longer write anything)."""
     name = down_proj_name(layer)
     if name not in state:
         raise ValueError(f"state dict has no {name}")
     weight = state[name].clone()
-    weight[:, list(neurons)] = 0
+    weight[:, list(neurons)] *= factor
     out = dict(state)
     out[name] = weight
     return out
+
+
+def zero_neurons(state: Mapping[str, torch.Tensor], layer: int,
+                 neurons: Iterable[int]) -> dict[str, torch.Tensor]:
+    """:func:`scale_neurons` with factor 0."""
+    return scale_neurons(state, layer, neurons, 0.0)
 
 
 # -- checkpoint files --------------------------------------------------------------------------
