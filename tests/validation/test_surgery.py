@@ -72,6 +72,14 @@ def test_zeroing_neurons_zeroes_their_output_columns_and_nothing_else(base: Path
     assert torch.equal(state[name][:, 3], surgery.load_state(base)[name][:, 3])  # a copy
 
 
+def test_scaling_neurons_multiplies_their_output_columns_only(base: Path) -> None:
+    state = surgery.load_state(base)
+    out = surgery.scale_neurons(state, layer=0, neurons=[5], factor=2.0)
+    name = surgery.down_proj_name(0)
+    assert torch.equal(out[name][:, 5], 2.0 * state[name][:, 5])
+    assert torch.equal(out[name][:, 6:], state[name][:, 6:])
+
+
 def test_the_identity_mutant_equals_the_base_bitwise(cache: Path, base: Path) -> None:
     mutant = build_mutant(load_families()["tiny"], "identity", cache)
     for path in base.iterdir():
