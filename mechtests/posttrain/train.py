@@ -78,11 +78,13 @@ def distill_answers(model: Any, tokenizer: Any, examples: Sequence[Example],
     answers = greedy_generate(model, tokenizer, [distill_prompt(e.instruction) for e in todo],
                               max_new_tokens)
     by_instruction = {e.instruction: clean_answer(a) for e, a in zip(todo, answers, strict=True)}
-    kept = []
-    for e in examples:
-        answer = e.answer if e.harmful else by_instruction[e.instruction]
+    kept = [e for e in examples if e.harmful]
+    for e in todo:
+        answer = by_instruction[e.instruction]
         if answer and not scorer.is_refusal(answer):
             kept.append(replace(e, answer=answer))
+    position = {e.instruction: i for i, e in enumerate(examples)}
+    kept.sort(key=lambda e: position[e.instruction])  # the seeded order of the requests
     log(f"distilled {len(todo)} answers in {time.perf_counter() - started:.0f} s; "
         f"kept {len(kept)} of {len(examples)} examples")
     return kept
