@@ -16,7 +16,14 @@ from typing import Any
 import pytest
 import torch
 
-from mechtests.checkpoints.gguf import CARD, portable_config, resolve, resolve_file
+from mechtests.checkpoints.gguf import (
+    CARD,
+    GGUFSource,
+    convert,
+    portable_config,
+    resolve,
+    resolve_file,
+)
 from mechtests.engine import load_backend
 from mechtests.errors import CheckpointError
 from mechtests.families import resolve_checkpoint
@@ -24,7 +31,9 @@ from mechtests.families import resolve_checkpoint
 gguf = pytest.importorskip("gguf", reason='needs the gguf package: pip install "mechtests[real]"')
 
 SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>")
-MERGES = ("Ġ t", "h e", "Ġt he")  # a few, so " the" is one token
+# a few merges, so that " the" and the truth readouts " TRUE" / " FALSE" are one token each
+MERGES = ("Ġ t", "h e", "Ġt he", "Ġ T", "R U", "ĠT RU", "ĠTRU E", "Ġ F", "A L", "ĠF AL",
+          "S E", "ĠFAL SE")
 PROMPTS = ["Paris is the capital of France", "this statement is : TRUE"]
 
 
@@ -38,9 +47,9 @@ def byte_tokens() -> list[str]:
 def tiny_llama(vocab_size: int) -> Any:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, intermediate_size=64, vocab_size=vocab_size,
-                         max_position_embeddings=64, rms_norm_eps=1e-5, rope_theta=5000.0,
+    config = LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=128, vocab_size=vocab_size,
+                         max_position_embeddings=512, rms_norm_eps=1e-5, rope_theta=5000.0,
                          tie_word_embeddings=False, pad_token_id=0, bos_token_id=2,
                          eos_token_id=3)
     torch.manual_seed(0)
@@ -166,6 +175,31 @@ def test_a_truncated_gguf_gives_a_one_line_error(tiny_gguf: tuple[Path, Any],
     assert "\n" not in str(info.value)
 
 
+def test_a_checksum_mismatch_gives_a_one_line_error_naming_the_reinstall(
+    tiny_gguf: tuple[Path, Any], tmp_path: Path
+) -> None:
+    source = GGUFSource(tiny_gguf[0], "0" * 64, "package some-gguf 1.0", "some-gguf")
+    with pytest.raises(CheckpointError, match=r"promises 0000.*pip install --force-reinstall "
+                                              r"some-gguf") as info:
+        convert(source, tmp_path)
+    assert "\n" not in str(info.value)
+
+
+def test_an_architecture_transformers_cannot_load_gives_a_one_line_error(tmp_path: Path) -> None:
+    path = tmp_path / "odd.gguf"
+    writer = gguf.GGUFWriter(str(path), "notanarch")
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", torch.zeros(4, 4).numpy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(CheckpointError, match=r"GGUF architecture 'notanarch'.*expected one of "
+                                              r".*llama.*Fix:") as info:
+        resolve_checkpoint(str(path), tmp_path / "cache")
+    assert "\n" not in str(info.value)
+
+
 def test_a_file_that_is_not_gguf_gives_a_one_line_error(tmp_path: Path) -> None:
     fake = tmp_path / "model.gguf"
     fake.write_bytes(b"<html>not found</html>" * 10)
@@ -196,3 +230,20 @@ def test_portable_config_spells_gemma3_rope_thetas_for_transformers_4() -> None:
     linear = portable_config({"rope_parameters": {"rope_type": "linear", "factor": 8.0,
                                                   "rope_theta": 500_000.0}})
     assert linear["rope_scaling"] == {"rope_type": "linear", "factor": 8.0}
+
+
+@pytest.mark.slow
+def test_a_gguf_file_given_as_base_runs_the_truth_claims(tiny_gguf: tuple[Path, Any],
+                                                         tmp_path: Path) -> None:
+    """The end-to-end path (about 30 s): ``mechtests run --base x.gguf`` converts and runs."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "pytest", "--pyargs", "mechtests.suite", "-p", "no:randomly",
+           "-p", "no:xdist", "--model-family", "tiny", "--base", str(tiny_gguf[0]),
+           "-k", "truth.direction.cosine", "--mechtests-cache", str(tmp_path / "cache"),
+           "--claim-report", str(tmp_path / "report")]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "tiny base->instruct" in done.stdout
+    assert list((tmp_path / "cache" / "gguf").glob("*/model.safetensors"))
