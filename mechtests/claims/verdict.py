@@ -84,6 +84,15 @@ def power_of(metric: float, interval: tuple[float, float], op: str, threshold: f
     return Power(half, distance, decided)
 
 
+def _sample_hint(power: Power) -> str:
+    """How much more data would let the interval decide, if its half-width shrinks as
+    ``1/sqrt(n)`` around the same point estimate: ``(half-width / distance)^2``."""
+    if power.distance <= 0 or not math.isfinite(power.half_width):
+        return " (the point estimate sits on the threshold)"
+    factor = (power.half_width / power.distance) ** 2
+    return f" (about {factor:.2g}x the sample would decide)" if factor > 1 else ""
+
+
 def judge(measurement: Measurement, spec: ThresholdSpec) -> Judgement:
     """The verdict for ``measurement`` under ``spec`` and a one-line reason."""
     try:
@@ -144,7 +153,7 @@ def judge(measurement: Measurement, spec: ThresholdSpec) -> Judgement:
         sym = ">" if power.half_width > power.distance else "<="
         reasons[0] = (f"interval [{_fmt(lo)}, {_fmt(hi)}] contains the threshold "
                       f"{_fmt(spec.value)}: half-width {_fmt(power.half_width)} {sym} distance "
-                      f"{_fmt(power.distance)}")
+                      f"{_fmt(power.distance)}{_sample_hint(power)}")
         return Judgement(Verdict.INCONCLUSIVE, "; ".join(reasons), bound, checks, power)
     verdict = Verdict.PASS if threshold_ok and control_ok else Verdict.FAIL
     return Judgement(verdict, "; ".join(reasons), bound, checks, power)

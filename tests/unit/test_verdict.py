@@ -44,7 +44,9 @@ def test_an_interval_that_contains_the_threshold_is_inconclusive_with_half_width
     result = judge(Measurement(metric, 0.1, "ctl", interval=(0.7, 0.9)), HIGH)
     assert result.verdict is Verdict.INCONCLUSIVE
     assert "interval [0.7, 0.9] contains the threshold 0.8" in result.message
-    assert f"half-width 0.1 > distance {abs(metric - 0.8):.3g}" in result.message
+    distance = abs(metric - 0.8)
+    assert f"half-width 0.1 > distance {distance:.3g}" in result.message
+    assert f"(about {(0.1 / distance) ** 2:.2g}x the sample would decide)" in result.message
     assert result.power is not None
     assert not result.power.decided
     assert result.power.half_width == pytest.approx(0.1)
