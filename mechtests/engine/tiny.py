@@ -114,6 +114,13 @@ def resolve(rest: str, cache_dir: Path) -> Path:
     return root / role
 
 
+def model_type(arch: str) -> str:
+    """``config.json``'s ``model_type`` of the tiny ``arch`` (``gemma3`` -> ``gemma3_text``)."""
+    import transformers
+
+    return str(getattr(transformers, _ARCH_CONFIG[arch][0]).model_type)
+
+
 def build_vocab() -> list[str]:
     """Specials, then the sorted words of the built-in datasets (or the fallback list)."""
     words = set(_dataset_words()) if DATASETS_DIR.is_dir() else set(FALLBACK_WORDS)

@@ -24,7 +24,7 @@ Limits, measured on transformer-lens 4.3.0 (see tests/integration/test_backend_e
   same construction as the hooks backend; the equivalence test checks both.
 * KV-cached generation is wrong out of the box with transformers 5.24: layers pass the cache to
   attention as ``cache=``, the bridge's re-implemented attention reads ``past_key_values``, so
-  every decode step after the first ignores the prompt (all four tiny architectures, also via
+  every decode step after the first ignores the prompt (every tiny architecture, also via
   ``bridge.generate`` and ``bridge.hf_generate``). :func:`_alias_cache_kwarg` fixes it with a
   pre-hook; the equivalence test compares generation with KV-cache-free greedy decoding.
 * ``cache()`` stops early with the bridge's own ``stop_at_layer``.
@@ -168,7 +168,7 @@ def _alias_cache_kwarg(bridge: Any) -> None:
     (``past_key_values`` is deprecated); transformer-lens 4.3's re-implemented attention
     (``AttentionBridge._update_kv_cache``) reads only ``past_key_values``/``layer_past``, so
     without this every cached decode step attends to itself alone and generation diverges from
-    greedy decoding after the first token (seen on all four tiny architectures). The alias is a
+    greedy decoding after the first token (seen on every tiny architecture). The alias is a
     forward pre-hook, added only where a component updates the cache itself and only when
     ``cache`` arrives without ``past_key_values``; it lives as long as the bridge.
     """

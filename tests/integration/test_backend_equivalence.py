@@ -1,10 +1,12 @@
 """The two backends, and the HF model itself, agree at every site of tiny checkpoints.
 
-Each architecture's tiny ``sft`` checkpoint (random weights, 2 layers) is loaded twice in
+Each architecture's tiny ``sft`` checkpoint (random weights, 2 layers: Llama, Mistral, Qwen2,
+Qwen3, Gemma-2, and Gemma-3 with a 4-token sliding window on its first layer) is loaded twice in
 float32 with eager attention: once under the hooks backend, once under TransformerLens's
-``TransformerBridge``. Reads must agree to 1e-5 at every site of every layer, edits at every
-site must give the same downstream activations and logits, hooks must leave no trace, batched
-greedy generation must equal unbatched, and ``cache()`` must equal HF's own hidden states.
+``TransformerBridge`` (4.3 supports all six). Reads must agree to 1e-5 at every site of every
+layer, edits at every site must give the same downstream activations and logits, hooks must
+leave no trace, batched greedy generation must equal unbatched, and ``cache()`` must equal HF's
+own hidden states.
 
 Read-only use only: the backends are module-scoped, so a leaked hook would leak across tests
 (which is what ``test_hooks_are_removed_*`` checks).

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from mechtests.engine import load_backend
-from mechtests.engine.tiny import ARCHS, ROLES, SPECIALS, resolve
+from mechtests.engine.tiny import ARCHS, ROLES, SPECIALS, model_type, resolve
 from mechtests.families import resolve_checkpoint
 
 
@@ -61,7 +61,7 @@ def test_every_architecture_loads_with_the_documented_shape(arch: str, cache: Pa
     backend = load_backend(resolve(f"{arch}/base", cache), device="cpu")
     try:
         config = backend.model.config  # type: ignore[attr-defined]
-        assert config.model_type == arch
+        assert config.model_type == model_type(arch)
         assert (backend.n_layers, backend.d_model) == (2, 64)
         assert (config.num_attention_heads, config.num_key_value_heads) == (4, 2)
         assert (config.intermediate_size, config.max_position_embeddings) == (128, 256)

@@ -14,13 +14,19 @@ from mechtests.engine.archs import ARCH_SPECS, arch_spec
 from mechtests.engine.backend import Batch, Hook
 from mechtests.engine.collect import collect_activations, progress_enabled
 from mechtests.engine.hf_common import apply_fns
-from mechtests.engine.tiny import ARCHS, REQUIRED_WORDS, SPECIALS, build_vocab, resolve
+from mechtests.engine.tiny import (
+    ARCHS,
+    REQUIRED_WORDS,
+    SPECIALS,
+    build_vocab,
+    model_type,
+    resolve,
+)
 from mechtests.errors import CheckpointError, ConfigError, SiteError
 
 
 def test_every_tiny_architecture_has_a_site_table() -> None:
-    model_types = {"gemma3": "gemma3_text"}  # Gemma-3's text-only config type
-    assert {model_types.get(arch, arch) for arch in ARCHS} <= set(ARCH_SPECS)
+    assert {model_type(arch) for arch in ARCHS} <= set(ARCH_SPECS)
     assert arch_spec("gemma2").norm_offset == 1.0
     assert arch_spec("llama").norm_offset == 0.0
 
