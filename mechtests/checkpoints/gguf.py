@@ -58,11 +58,6 @@ class GGUFSource:
     package: str = ""
 
 
-def is_gguf_reference(ref: str) -> bool:
-    """Whether ``ref`` names a GGUF file (by its suffix) rather than a directory or hub id."""
-    return ref.lower().endswith(".gguf")
-
-
 def resolve(package: str, cache_dir: Path) -> Path:
     """The converted directory of ``gguf-package:<package>`` (converting it when missing)."""
     return convert(package_source(package), Path(cache_dir))
