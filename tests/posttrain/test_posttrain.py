@@ -83,7 +83,7 @@ def test_a_distilled_answer_stops_at_the_next_question_and_a_dangling_list_numbe
 def test_a_missing_gguf_base_gives_a_one_line_error(tmp_path: Path) -> None:
     from mechtests.posttrain.base import resolve_base
 
-    for ref in (str(tmp_path / "absent.gguf"), "no-such-gguf-package"):
+    for ref in (str(tmp_path / "absent.gguf"), "gguf-package:no-such-gguf-package"):
         with pytest.raises(CheckpointError) as err:
             resolve_base(ref, tmp_path)
         assert "\n" not in str(err.value)
