@@ -11,13 +11,17 @@ Gemma-2-9B) and Gemma-3-270M (:data:`GEMMA3_270M`, from its public config.json).
 not depend on the weights. Prompts: the organism family's few-shot cities pairs (paper-spec
 2.2) through the word-level tokenizer of the built-in data (about 60 tokens), every layer and
 every position of the statement + question window; :data:`PAIRS` pairs per model (fewer at
-7-9B widths, where one loop forward takes about a second). The loop runs once, the engine
+7-9B widths, where one loop forward takes seconds; the whole file about 15 minutes on a busy
+2-core machine, ``-k gemma`` for the Gemma models only). The loop runs once, the engine
 best of :data:`ROUNDS`; they must agree to 1e-4 of the largest ``|LD|``; the speed-up is
 printed and written to ``extra_info``.
 
-Depth bounds the ratio: with ``L`` layers and window ``W`` the loop runs ``L x W`` forwards per
-pair, the engine about one forward plus the suffix tokens, so 2 layers cap the ratio near
-``2 W``; deeper models gain more (the 8-layer organism: ``test_bench_patching.py``).
+What the ratio compares: per pair the loop runs ``L x W`` full forwards (``L`` layers, window
+``W``), each unembedding the last position onto the whole vocabulary (0.2-0.9 GB of weights
+read per forward at these vocabularies); the engine runs the FALSE prompts once, then only the
+suffix tokens above each patched layer, and reads two unembedding rows. Compute alone would cap
+the ratio near ``2 W`` at 2 layers; deeper models give the engine more (the 8-layer organism:
+``test_bench_patching.py``; the real 18-layer Gemma-3-270M: docs/performance.md).
 """
 
 from __future__ import annotations
