@@ -141,9 +141,20 @@ def patch_suffix_many(
 def _same_values(sources: Sequence[Sequence[torch.Tensor]], idx: torch.Tensor,
                  resid: list[torch.Tensor]) -> list[list[torch.Tensor]]:
     """``[source][layer]``: bool ``[pair, W]`` (CPU), where the source's value equals the FALSE
-    run's bit for bit (a no-op patch: self-patching before the first differing token)."""
-    return [[(src[layer][idx].to(false.device, false.dtype) == false).all(-1).cpu()
-             for layer, false in enumerate(resid)] for src in sources]
+    run's bit for bit (a no-op patch: self-patching before the first differing token). A layer
+    kept at its last ``k < W`` positions only (the last block: its other cells cannot reach the
+    readout) counts as a no-op before them."""
+    out = []
+    for src in sources:
+        per_layer = []
+        for layer, false in enumerate(resid):
+            value = src[layer][idx]
+            kept = false.shape[1]
+            equal = (value[:, -kept:].to(false.device, false.dtype) == false).all(-1).cpu()
+            pad = torch.ones(len(idx), value.shape[1] - kept, dtype=torch.bool)
+            per_layer.append(torch.cat([pad, equal], 1))
+        out.append(per_layer)
+    return out
 
 
 def _first_active_column(same: list[list[torch.Tensor]], wids: Sequence[int]) -> torch.Tensor:
@@ -175,28 +186,58 @@ class _SuffixRun:
     def false_pass(self, ids: torch.Tensor, width: int
                    ) -> tuple[list[torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]],
                               torch.Tensor]:
-        """The FALSE prompts once through the decoder stack (no unembedding: the clean ``LD``
-        needs only the readout's two rows): every block's output at the last ``width``
-        positions, the whole key/value history of every layer and the clean ``LD``."""
+        """The FALSE prompts once: every block's output at the last ``width`` positions (the
+        last block's at the last position only), the whole key/value history of every layer
+        and the clean ``LD``. The decoder stack runs up to the last block; that block runs
+        here (keys and values of every position, the rest for the last one) and the clean
+        ``LD`` takes the readout's two unembedding rows."""
         from transformers import DynamicCache
 
+        *lower, top = self.blocks
         resid: dict[int, torch.Tensor] = {}
+        top_in: list[torch.Tensor] = []
         handles = [block.register_forward_hook(_keep(resid, i, width))
-                   for i, block in enumerate(self.blocks)]
+                   for i, block in enumerate(lower)]
+        handles.append(top.register_forward_pre_hook(_stop_with_input(top_in), with_kwargs=True))
         # transformers 5 renamed past_key_values to cache; without a config the cache keeps
         # every position of sliding-window layers too
         kwarg = "cache" if "cache" in inspect.signature(self.stack.forward).parameters \
             else "past_key_values"
+        cache = DynamicCache()
         try:
             with torch.no_grad():
-                out = self.stack(input_ids=ids, use_cache=True, **{kwarg: DynamicCache()})
+                self.stack(input_ids=ids, use_cache=True, **{kwarg: cache})
+        except _StopBeforeTop:
+            pass
         finally:
             for h in handles:
                 h.remove()
-        kv = _kv_of(getattr(out, "cache", None) or out.past_key_values, len(self.blocks))
-        with torch.no_grad():  # last_hidden_state is after the final norm
-            clean = self._readout_ld(out.last_hidden_state[:, -1])
+        kv = _kv_of(cache, len(lower)) if lower else []
+        with torch.no_grad():
+            out, top_kv = self._top_block(top_in[0])
+        kv.append(top_kv)
+        resid[len(lower)] = out
+        with torch.no_grad():
+            clean = self._readout_ld(self.stack.norm(out[:, -1]))
         return [resid[i] for i in range(len(self.blocks))], kv, clean
+
+    def _top_block(self, hidden: torch.Tensor
+                   ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """The last block on its whole input ``[n, T, d]``: its output at the last position
+        ``[n, 1, d]`` and its keys and values ``[n, kv_head, T, hd]``."""
+        decoder, top = self.decoder, self.blocks[-1]
+        attn = top.self_attn
+        n, length, _ = hidden.shape
+        positions = torch.arange(length, device=hidden.device)[None]
+        cos, sin = rotary_tables(decoder, hidden, positions)[decoder.layer_types[-1]]
+        none = hidden.new_zeros(n, attn.k_proj.weight.shape[0] // attn.head_dim, 0,
+                                attn.head_dim)
+        kv_out: list[tuple[torch.Tensor, torch.Tensor]] = []
+        out = block_forward(decoder, top, hidden[:, None],
+                            Prefix(none, none, cos, sin, decoder.windows[-1],
+                                   decoder.attn_softcap), last_only=True, kv_out=kv_out)
+        k, v = kv_out[0]
+        return out[:, 0], (k[:, :, 0], v[:, :, 0])
 
     def _readout_ld(self, normed: torch.Tensor) -> torch.Tensor:
         """``LD`` from final-normed hidden states ``[..., d]`` (the final logit soft-cap
@@ -252,6 +293,18 @@ class _SuffixRun:
             ld = self._readout_ld(self.stack.norm(torch.cat(outs, 1)))  # [n, site]
         for k_site, (s, layer) in enumerate(sites):
             lds[s][idx, layer, j] = torch.where(noop[s][layer], clean, ld[:, k_site])
+
+
+class _StopBeforeTop(Exception):
+    """Ends the FALSE pass's stack forward before the last block (which runs lean here)."""
+
+
+def _stop_with_input(store: list[torch.Tensor]) -> Callable[..., None]:
+    def hook(_m: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        store.append((args[0] if args else kwargs["hidden_states"]).detach())
+        raise _StopBeforeTop
+
+    return hook
 
 
 def _keep(store: dict[int, torch.Tensor], layer: int, width: int) -> Callable[..., None]:

@@ -211,9 +211,12 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix: Prefix
 
 
 def block_forward(decoder: Decoder, block: Any, hidden: torch.Tensor, prefix: Prefix,
-                  last_only: bool) -> torch.Tensor:
+                  last_only: bool,
+                  kv_out: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+                  ) -> torch.Tensor:
     """One decoder block on ``hidden [n, site, p, d]`` after the cached prefix; with
-    ``last_only`` only the last position's output ``[n, site, 1, d]``."""
+    ``last_only`` only the last position's output ``[n, site, 1, d]``. ``kv_out`` receives
+    the block's keys (rotated) and values of the ``p`` tokens, ``[n, kv_head, site, p, hd]``."""
     arch = decoder.arch
     attn = block.self_attn
     n, s, p, _ = hidden.shape
@@ -228,9 +231,11 @@ def block_forward(decoder: Decoder, block: Any, hidden: torch.Tensor, prefix: Pr
         q, k = attn.q_norm(q), attn.k_norm(k)
     q = _rope(q, prefix.cos[-nq:, None, None], prefix.sin[-nq:, None, None])
     k = _rope(k, prefix.cos[:, None], prefix.sin[:, None])
-    v = attn.v_proj(x).view(n, s, p, hk, hd)
-    out = _attention(q.permute(0, 3, 1, 4, 2, 5), k.permute(0, 3, 1, 2, 4),
-                     v.permute(0, 3, 1, 2, 4), prefix, attn.scaling)
+    k = k.permute(0, 3, 1, 2, 4)
+    v = attn.v_proj(x).view(n, s, p, hk, hd).permute(0, 3, 1, 2, 4)
+    if kv_out is not None:
+        kv_out.append((k, v))
+    out = _attention(q.permute(0, 3, 1, 4, 2, 5), k, v, prefix, attn.scaling)
     mixed = attn.o_proj(out.permute(0, 2, 4, 1, 3, 5).reshape(n, s, nq, -1))
     if not arch.sandwich_norms:
         h = hidden[:, :, -nq:] + mixed
