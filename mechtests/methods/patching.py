@@ -20,7 +20,7 @@ Three engines compute the same numbers:
   FALSE prompt, one hook per layer writing the TRUE activation into its rows at their positions.
   It works on any backend but does the full forward for every site.
 * :func:`patch_suffix` - the fast engine for HuggingFace decoders of the Llama, Mistral, Qwen2,
-  Gemma-2 and Gemma-3 families (:mod:`mechtests.methods.patching_suffix`, blocks in
+  Qwen3, Gemma-2 and Gemma-3 families (:mod:`mechtests.methods.patching_suffix`, blocks in
   :mod:`mechtests.methods.suffix_blocks`). A site's patch changes
   nothing below its layer and, with causal attention, nothing before its position. So the FALSE
   prompts run once (keeping every layer's residual and key/value cache); then, per column

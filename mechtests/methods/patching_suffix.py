@@ -19,11 +19,12 @@ column for a whole batch of pairs and every source at once:
 Work per site: ``p`` tokens through ``L - 2 - l`` blocks and one token through the last, as
 the per-site loop would need if it started at the patched layer and position; the batching
 only changes how many sites share one matrix multiply. The blocks themselves (Llama, Mistral,
-Qwen2, Gemma-2, Gemma-3: sandwich norms, q/k norms, soft-capping, sliding windows) are in
-:mod:`mechtests.methods.suffix_blocks`; the FALSE pass keeps every layer's whole key/value
-history (a plain ``DynamicCache``: sliding layers' HF caches would drop old keys), and the
-readout applies the final logit soft-cap where the config has one. Any other backend raises
-:class:`~mechtests.methods.patching.SuffixEngineUnavailable`, and
+Qwen2, Qwen3, Gemma-2, Gemma-3: sandwich norms, q/k norms, soft-capping, sliding windows) are
+in :mod:`mechtests.methods.suffix_blocks`. The FALSE pass keeps every layer's whole key/value
+history (a plain ``DynamicCache``: sliding layers' HF caches would drop old keys) and stops the
+stack before the last block, which runs lean (keys and values of every position, the rest for
+the last one); the readout applies the final logit soft-cap where the config has one. Any
+other backend raises :class:`~mechtests.methods.patching.SuffixEngineUnavailable`, and
 :func:`~mechtests.methods.patching.patch_heatmaps` uses the protocol-only sweep instead. The
 model is only read: the FALSE pass's hooks are removed in a ``finally``.
 """
