@@ -50,6 +50,7 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
         ("rank", "LoRA rank"),
         ("alpha", "LoRA alpha"),
         ("max_answer_tokens", "longest distilled answer, tokens"),
+        ("kl_weight", "weight of the KL to the base on plain text (0 = off)"),
     ):
         default = getattr(DEFAULTS, field)
         b.add_argument(f"--{field.replace('_', '-')}", dest=field, type=type(default),
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = TrainConfig(**{f: getattr(args, f) for f in (
         "seed", "steps", "batch_size", "n_harmful", "n_harmless", "lr", "rank", "alpha",
-        "max_answer_tokens")})
+        "max_answer_tokens", "kl_weight")})
     source = dataset_source("paper", Path(args.datasets) if args.datasets else None)
     card = build(args.base, source, Path(args.out), cfg,
                  Path(args.cache_dir) if args.cache_dir else default_cache_dir(),

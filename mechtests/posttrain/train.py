@@ -5,6 +5,9 @@ Harmless requests are answered by the *base* model in a plain ``Question: ... / 
 harmful requests. The loss covers the answer tokens (and ``<end_of_turn>``) only; logits are
 computed for the last positions only (Gemma's 262k-word unembedding dominates a full forward).
 The embedding (tied to the unembedding) is frozen: LoRA adapts the attention and MLP projections.
+To keep the base's language modelling, each step also adds ``kl_weight`` times the KL divergence
+from the base (the adapter disabled) to the adapted model on the harmless training requests as
+bare text (no chat format), a few per step.
 """
 
 from __future__ import annotations
@@ -32,15 +35,17 @@ class TrainConfig:
 
     seed: int = 0
     n_harmful: int = 160
-    n_harmless: int = 200
+    n_harmless: int = 180
     steps: int = 80
     batch_size: int = 8
-    lr: float = 1e-3
+    lr: float = 5e-4
     warmup_steps: int = 8
     rank: int = 8
     alpha: int = 16
     max_answer_tokens: int = 32
     max_prompt_tokens: int = 48
+    kl_weight: float = 1.0
+    kl_batch_size: int = 4
 
 
 def greedy_generate(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int,
@@ -116,6 +121,19 @@ def batch_loss(model: Any, rows: Sequence[tuple[list[int], int]], pad_id: int) -
                                              labels.reshape(-1), ignore_index=-100)
 
 
+def plain_kl(model: Any, rows: Sequence[list[int]], pad_id: int) -> torch.Tensor:
+    """Mean KL(base || adapted) of the next-token distributions over plain-text rows (right
+    padded); the base is the same model with its adapter disabled."""
+    width = max(len(i) for i in rows)
+    ids = torch.tensor([i + [pad_id] * (width - len(i)) for i in rows])
+    mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in rows])
+    with torch.no_grad(), model.disable_adapter():
+        reference = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
+    current = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
+    per_token = (reference.exp() * (reference - current)).sum(-1)
+    return (per_token * mask).sum() / mask.sum()
+
+
 def lora_model(model: Any, cfg: TrainConfig) -> Any:
     """``model`` wrapped with LoRA adapters on every attention and MLP projection."""
     from peft import LoraConfig, get_peft_model
@@ -142,6 +160,9 @@ def train_lora(model: Any, tokenizer: Any, examples: Sequence[Example], cfg: Tra
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     rows = [encode(tokenizer, e, cfg) for e in examples]
+    plain = [tokenizer(e.instruction).input_ids[: cfg.max_prompt_tokens]
+             for e in examples if not e.harmful]
+    plain_order: list[int] = []
     order: list[int] = []
     losses = []
     peft_model.train()
@@ -153,6 +174,14 @@ def train_lora(model: Any, tokenizer: Any, examples: Sequence[Example], cfg: Tra
             order += fresh
         batch, order = order[: cfg.batch_size], order[cfg.batch_size:]
         loss = batch_loss(peft_model, [rows[i] for i in batch], tokenizer.pad_token_id)
+        if cfg.kl_weight and plain:
+            if len(plain_order) < cfg.kl_batch_size:
+                fresh = list(range(len(plain)))
+                rng.shuffle(fresh)
+                plain_order += fresh
+            texts, plain_order = plain_order[: cfg.kl_batch_size], plain_order[cfg.kl_batch_size:]
+            loss = loss + cfg.kl_weight * plain_kl(peft_model, [plain[i] for i in texts],
+                                                   tokenizer.pad_token_id)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()

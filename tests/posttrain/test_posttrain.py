@@ -113,6 +113,29 @@ def test_the_loss_covers_answer_tokens_only_whatever_the_left_padding(tiny_llama
     assert torch.allclose(alone[0], manual, atol=1e-5)
 
 
+def test_the_kl_to_the_base_is_zero_for_a_fresh_adapter_and_positive_once_it_moves(
+        tiny_llama: Path) -> None:
+    pytest.importorskip("peft", reason="LoRA training needs peft (pip install peft)")
+    from transformers import AutoModelForCausalLM
+
+    from mechtests.posttrain.train import TrainConfig, lora_model, plain_kl
+
+    torch.manual_seed(0)
+    model = lora_model(AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32),
+                       TrainConfig(rank=4))
+    rows = [[2, 5, 6, 7], [2, 8, 9]]
+    assert float(plain_kl(model, rows, pad_id=0)) == pytest.approx(0.0, abs=1e-7)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    kl = plain_kl(model, rows, pad_id=0)
+    kl.backward()
+    assert float(kl) > 1e-4
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0
+               for n, p in model.named_parameters() if "lora_A" in n)
+
+
 def test_a_merged_adapter_equals_the_manual_merge(tiny_llama: Path, tmp_path: Path) -> None:
     pytest.importorskip("peft", reason="the LoRA merge needs peft (pip install peft)")
     from peft import LoraConfig, get_peft_model
