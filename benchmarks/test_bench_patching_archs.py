@@ -17,10 +17,11 @@ best of :data:`ROUNDS`; they must agree to 1e-4 of the largest ``|LD|``; the spe
 printed and written to ``extra_info``.
 
 What the ratio compares: per pair the loop runs ``L x W`` full forwards (``L`` layers, window
-``W``), each unembedding the last position onto the whole vocabulary (0.2-0.9 GB of weights
-read per forward at these vocabularies); the engine runs the FALSE prompts once, then only the
-suffix tokens above each patched layer, and reads two unembedding rows. Compute alone would cap
-the ratio near ``2 W`` at 2 layers; deeper models give the engine more (the 8-layer organism:
+``W``), each unembedding the last position onto the whole vocabulary (0.1-0.9 GB of weights
+read per forward at these vocabularies); the engine runs the FALSE prompts once (the last block
+lean), then only the suffix tokens above each patched layer, and reads two unembedding rows.
+Compute alone caps the ratio near ``4 W`` at 2 layers; deeper models give the engine more (the
+8-layer organism:
 ``test_bench_patching.py``; the real 18-layer Gemma-3-270M: docs/performance.md).
 """
 
