@@ -48,11 +48,16 @@ class BuildResult:
 
 
 def gate_rules(path: Path = THRESHOLDS) -> dict[str, dict[str, Any]]:
-    """The ``gates:`` section of thresholds.yaml."""
-    rules = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("gates") or {}
+    """The organism's rules in the ``gates:`` section of thresholds.yaml.
+
+    Entries that are themselves sections of rules (``gates: gemma3-270m: ...``) belong to other
+    families' post-training gates and are left out.
+    """
+    gates = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("gates") or {}
+    rules = {name: rule for name, rule in gates.items() if isinstance(rule, dict) and "op" in rule}
     if not rules:
         raise ConfigError(f"{path} has no 'gates:' section. Fix: restore the organism gates.")
-    return dict(rules)
+    return rules
 
 
 def show_progress() -> bool:
