@@ -7,8 +7,9 @@ here), else the tiny random llama; fp32 on CPU, one thread. Prompts: the built-i
 few-shot queries (the knowledge and steering prompts). Three cases:
 
 * ``knowledge_source``: every layer's ``resid_post`` at the last 14 positions (the patching
-  source of paper-spec 2.3), batch 32;
-* ``truth_last_token``: every layer's ``resid_post`` at the last position (paper-spec 4.1);
+  source of paper code Knowledge+Truthfulness/patching.py:patching_one_model), batch 32;
+* ``truth_last_token``: every layer's ``resid_post`` at the last position (paper code
+Knowledge+Truthfulness/generate_acts.py);
 * ``early_layer``: one site at layer 0, which the backend's early stop makes cheap: its time
   against ``truth_last_token`` shows the stop working;
 * ``store_warm_read``: the same request through :class:`~mechtests.context.FamilyContext` a

@@ -1,4 +1,4 @@
-"""Timing and memory of the chunked LogitVar (paper-spec 6.2). Run alone:
+"""Timing and memory of the chunked LogitVar (docs/claims.md (claim 5)). Run alone:
 
     pytest benchmarks/test_bench_entropy.py -n 0 -p no:xdist
 

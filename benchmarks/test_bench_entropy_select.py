@@ -1,4 +1,4 @@
-"""Entropy-neuron selection end to end on a loaded model (paper-spec 6.2). Run alone:
+"""Entropy-neuron selection end to end on a loaded model (docs/claims.md (claim 5)). Run alone:
 
     pytest benchmarks/test_bench_entropy_select.py -n 0 -p no:xdist --benchmark-autosave
 

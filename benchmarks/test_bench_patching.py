@@ -5,7 +5,8 @@
 Model: the shipped CI organism's base (``fixtures/organism/checkpoints/ci/base``), else a
 random-weight model of the organism's shape (Llama, the ``ci`` size of organism/config.py,
 word-level vocabulary of the built-in data; timing does not depend on the weights). Prompts:
-the family's few-shot cities prompts (paper-spec 2.2), :data:`N_PAIRS` pairs, every layer and
+the family's few-shot cities prompts (paper code Knowledge+Truthfulness/patching.py:load_data),
+:data:`N_PAIRS` pairs, every layer and
 every position of the statement + question window. fp32 on CPU, one thread. The engines must
 agree with the loop to 2e-6 of the largest ``|LD|`` (float32 rounding through the 8 layers of
 differently shaped matrix multiplies: the suffix engine differs by up to 1.4e-5 at ``|LD|``
@@ -35,7 +36,7 @@ torch.set_num_threads(1)  # tests/conftest.py does not reach benchmarks/
 N_PAIRS = 32
 SHIPPED = Path(__file__).resolve().parents[1] / "mechtests" / "fixtures" / "organism" / \
     "checkpoints" / "ci" / "base"
-GOAL = 20.0  # issue 4: >= 20x the per-site loop on CPU
+GOAL = 20.0  # >= 20x the per-site loop on CPU
 FLOOR = 8.0  # asserted: well below the goal, so a noisy shared machine does not flake
 
 

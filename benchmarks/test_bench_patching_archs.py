@@ -8,7 +8,7 @@ head dim, MLP, vocabulary, sliding window, soft-caps, ``query_pre_attn_scalar``)
 :data:`LAYERS` blocks, fp32 on CPU, one thread: the ``mechtests/shapes.yaml`` presets of the
 paper's families (Llama-3.1-8B, Mistral-7B-v0.3, Qwen1.5-0.5B with the Qwen2 architecture,
 Gemma-2-9B) and Gemma-3-270M (:data:`GEMMA3_270M`, from its public config.json). Timing does
-not depend on the weights. Prompts: the organism family's few-shot cities pairs (paper-spec
+not depend on the weights. Prompts: the organism family's few-shot cities pairs (docs/claims.md
 2.2) through the word-level tokenizer of the built-in data (about 60 tokens), every layer and
 every position of the statement + question window; :data:`PAIRS` pairs per model (fewer at
 7-9B widths, where one loop forward takes seconds; the whole file about 15 minutes on a busy

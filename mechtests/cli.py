@@ -19,7 +19,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from mechtests.bench import add_bench_subparser, run_bench  # issue 8: mechtests bench
+from mechtests.bench import add_bench_subparser, run_bench
 
 
 def _run(pytest_args: Sequence[str]) -> int:

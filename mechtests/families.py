@@ -55,7 +55,7 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class TruthSettings:
-    """Truthfulness settings (paper-spec 4)."""
+    """Truthfulness settings (Du et al. 2025 claim 3)."""
 
     probe_layer: int
     intervene_layer: int
@@ -68,14 +68,15 @@ class TruthSettings:
 
 @dataclass(frozen=True)
 class KnowledgeSettings:
-    """Knowledge-patching settings (paper-spec 2)."""
+    """Knowledge-patching settings (Du et al. 2025 claim 1)."""
 
     datasets: tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class RefusalSettings:
-    """Refusal settings (paper-spec 5.2, 5.3); templates, positions and coefficients per role."""
+    """Refusal settings (paper code Refusal/utils.py and extract_refusal_dir.py); templates,
+    positions and coefficients per role."""
 
     layer: int
     subtraction_coef: float
@@ -83,7 +84,8 @@ class RefusalSettings:
     templates: Mapping[str, str]
     positions: Mapping[str, int]
     addition_coefs: Mapping[str, float]
-    # refusal openings matched with startswith (paper-spec 5.4); empty = the paper's list
+    # refusal openings matched with startswith (paper code Refusal/utils.py:get_refusal_scores);
+    # empty = the paper's list
     # (mechtests.methods.refusal_score.PAPER_PREFIXES)
     prefixes: tuple[str, ...] = ()
 

@@ -91,7 +91,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--max-examples", type=int, default=None, metavar="N",
                     help="Subsample every dataset to at most N examples (recorded in the "
                          "report). Default: all.")
-    # ---- reports, baselines, scale-out (issue 7: mechtests/report/, xdist_support.py) ----
+    # ---- reports, baselines, scale-out (mechtests/report/, xdist_support.py) ----
     group.addoption("--baseline", default=None, metavar="FILE",
                     help="Compare every metric with this stored run; a change beyond the "
                          "claim's tolerance (thresholds.yaml) or a result not in FILE fails "
@@ -114,7 +114,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--gpus-per-worker", type=int, default=1, metavar="K",
                     help="With -n: GPUs given to each worker (CUDA_VISIBLE_DEVICES); -n auto "
                          "starts visible GPUs // K workers. Default: 1.")
-    # ---- end issue 7 ----
 
 
 class _State:
@@ -185,7 +184,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if not hasattr(config, "workerinput"):  # the controller (or a run without xdist)
         config.pluginmanager.register(_Recorder(state), "mechtests-recorder")
         _one_line_failures(config)
-    # ---- issue 7: worker GPU pinning + family scheduling, Allure attachments, baseline gate
+    # ---- worker GPU pinning + family scheduling, Allure attachments, baseline gate
     from mechtests.report.allure import register_allure
     from mechtests.report.baseline import register_baseline
     from mechtests.xdist_support import register_xdist
@@ -237,7 +236,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 @pytest.hookimpl(optionalhook=True, tryfirst=True)
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """``-n auto``: one worker per visible GPU, else max(1, cores // 2) (issue 7)."""
+    """``-n auto``: one worker per visible GPU, else max(1, cores // 2)."""
     from mechtests.xdist_support import auto_num_workers
 
     return auto_num_workers(config)

@@ -12,7 +12,7 @@ Synthetic tokenizer: word level over the built-in datasets' words, each word cut
 at most :data:`CHUNK` characters (one token per chunk), padded with filler tokens to the real
 vocabulary size (the embedding and unembedding shapes must be the real ones). Chunking mimics
 BPE on rare words: the organism's cities few-shot prompt is 76 tokens, the paper's Llama-3
-cities prompt about 75 (paper-spec 2.7); whole words as tokens would give 61. Unknown text
+cities prompt about 75 (docs/claims.md (claim 1)); whole words as tokens would give 61. Unknown text
 (e.g. a preset's chat-template markers) becomes ``<unk>`` chunks of the same count.
 
 Families: :func:`add_shape_families` adds ``<preset>-shape`` for every preset of

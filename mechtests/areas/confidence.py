@@ -1,4 +1,4 @@
-"""Confidence claims (Du et al. 2025 claim 5; paper-spec 6): entropy neurons and the shift.
+"""Confidence claims (Du et al. 2025 claim 5): entropy neurons and the shift.
 
 Weight-only claims (E1 overlap, E2 robustness, E4 chance) read each model's last-MLP and
 unembedding weights once (:meth:`FamilyContext.memo` per role and processing variant) and
@@ -100,7 +100,7 @@ def _set_details(sel: EntropyNeurons) -> dict[str, Any]:
 
 @measure("confidence.entropy_overlap")
 def entropy_overlap(ctx: FamilyContext, claim: Claim, pair: tuple[str, str]) -> Measurement:
-    """E1: shared top-k entropy neurons between the pair (paper-spec 6.3)."""
+    """E1: shared top-k entropy neurons between the pair (docs/claims.md (claim 5))."""
     params = dict(claim.params)
     ref, post = pair
     a, b = _select(ctx, ref, params), _select(ctx, post, params)

@@ -1,4 +1,4 @@
-"""Knowledge-location and cross-model patching claims (Du et al. 2025 claims 1-2; paper-spec 2-3).
+"""Knowledge-location and cross-model patching claims (Du et al. 2025 claims 1 and 2).
 
 Measures, on a pair ``(ref, post)`` (``ref`` is the base); ``N`` = the paper's ``normalize()``
 of a mean patching heatmap ``A``, ``R`` = recovered fraction, ``Rk`` = max of ``R`` over the

@@ -3,7 +3,8 @@
 Every knowledge and cross-model claim reads one memoised :class:`KnowledgeRun` per dataset
 (:func:`knowledge_run`): the dataset's TRUE/FALSE pairs (built with the base model's tokenizer,
 subsampled by ``ctx.subsample``), each model's clean logit differences, and per-pair patching
-maps keyed ``(source, target)``: ``(m, m)`` is model ``m``'s own heatmap (paper-spec 2.3),
+maps keyed ``(source, target)``: ``(m, m)`` is model ``m``'s own heatmap (paper code
+Knowledge+Truthfulness/patching.py:patching_one_model),
 ``(a, b)`` patches ``a``'s TRUE activations into ``b`` (section 3). TRUE activations always go
 through the on-disk store (``ctx.activations``), so a cross-model run only holds its target.
 

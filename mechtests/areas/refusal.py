@@ -1,4 +1,4 @@
-"""Refusal claims R1-R8 (Du et al. 2025 claim 4; paper-spec 5.7): measure functions.
+"""Refusal claims R1-R8 (Du et al. 2025 claim 4; docs/claims.md (claim 4)): measure functions.
 
 Post-training rewrites the refusal direction: the base and post directions have a low cosine
 (R1), lower than the truth directions' (R2); the post model's own direction removes refusal when

@@ -14,7 +14,8 @@ so each model is loaded as few times as possible:
   ``<cache>/refusal/<model fingerprint>/`` so a second run generates nothing.
 * :func:`splits` - the family's refusal splits, subsampled by ``ctx.subsample``.
 
-The model run always uses its own template (paper-spec 5.2); the paper steers Tulu with a
+The model run always uses its own template (paper code Refusal/utils.py and
+extract_refusal_dir.py); the paper steers Tulu with a
 template different from the one it extracted with, which we do not reproduce.
 """
 
@@ -54,7 +55,7 @@ __all__ = [
     "train_activations",
 ]
 
-MAX_NEW_TOKENS = 16  # paper-spec 5.3: greedy, max_tokens_generated=16
+MAX_NEW_TOKENS = 16  # paper code Refusal/apply_refusal_dir.py: greedy, max_tokens_generated=16
 GEN_BATCH = 128  # prompts per generate call; rows are independent (left padding, greedy)
 RANDOM_SEED_SALT = 5_000  # the random control direction uses seed options.seed + this
 CODE_VERSION = "1"  # bump when generation or hooks change, to invalidate the disk cache
@@ -164,7 +165,7 @@ def conditions_for(ctx: FamilyContext, model: str) -> list[Condition]:
 
 
 def hooks_for(ctx: FamilyContext, model: str, cond: Condition, n_layers: int) -> list[Hook]:
-    """The hook list of ``cond`` on ``model`` (paper-spec 5.3)."""
+    """The hook list of ``cond`` on ``model`` (paper code Refusal/apply_refusal_dir.py)."""
     settings = ctx.family.refusal
     if cond.kind == "baseline":
         return []

@@ -1,6 +1,7 @@
 """Arditi et al.'s direction-selection sweep on one model, reported beside the paper's fixed site.
 
-Du et al. fix the refusal layer and position by hand (paper-spec 5.2); Arditi et al. (7.3) sweep
+Du et al. fix the refusal layer and position by hand (paper code Refusal/utils.py and
+extract_refusal_dir.py); Arditi et al. (7.3) sweep
 every block input (``resid_pre``) x every end-of-instruction position and pick a candidate by
 ablation refusal score under a KL and a steering filter (:func:`mechtests.methods.refusal.
 select_direction`). This module runs that sweep on a family's model and reports which site it
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = ["KL_THRESHOLD", "sweep"]
 
-# Arditi et al. pipeline/submodules/select_direction.py defaults (paper-spec 7.3)
+# Arditi et al. pipeline/submodules/select_direction.py defaults (andyrdt/refusal_direction)
 KL_THRESHOLD = 0.1
 INDUCE_THRESHOLD = 0.0
 PRUNE_LAYER_FRACTION = 0.2

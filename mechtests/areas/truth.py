@@ -1,6 +1,6 @@
-"""Truthfulness claims (Du et al. 2025 claim 3; paper-spec 4): shared direction, transfer.
+"""Truthfulness claims (Du et al. 2025 claim 3; Du et al. 2025 claim 3): shared direction, transfer.
 
-Measures for T1-T6 of paper-spec 4.6, on a pair ``(ref, post)`` (``ref`` is the base):
+Measures for T1-T6 of docs/claims.md (claim 3), on a pair ``(ref, post)`` (``ref`` is the base):
 
 ==================================  =========================================================
 measure                             metric

@@ -12,7 +12,8 @@ second visit starts with the model still loaded from the first):
   the training datasets; and the centered ``probe_layer`` activations of every dataset for the
   probes. Activations go through the on-disk store, so a warm cache loads no model.
 * :func:`steering` - for the base and each post-trained role: baseline ``P_diff`` and the flip
-  under every role's steering vector ``v = mu_T - mu_F`` (paper-spec 4.4) and under
+  under every role's steering vector ``v = mu_T - mu_F`` (paper code
+  Knowledge+Truthfulness/interventions.py) and under
   :data:`N_RANDOM` random directions with the norm of the base vector. Per-statement ``P_diff``
   arrays are also cached on disk (``<cache>/truth/<model fingerprint>/``, keyed by the queries,
   vectors, sites, positions, readout tokens, dtype and backend).
@@ -69,7 +70,8 @@ __all__ = [
 
 N_RANDOM = 3  # random control directions per model (their IE is averaged)
 N_BOOT = 1000  # bootstrap resamples for every truth interval
-STEER_BATCH = 64  # the paper batches 16 (paper-spec 4.4); rows are independent (left padding)
+# the paper batches 16 (paper code Knowledge+Truthfulness/interventions.py); rows are independent
+STEER_BATCH = 64
 CODE_VERSION = "1"  # bump when steering changes, to invalidate the disk cache
 ROLE_ORDER = ("control", "base", "sft", "instruct")  # activation sweep; steering runs reversed
 

@@ -39,7 +39,7 @@ class Claim:
     id: str  # dotted, stable, lower-snake: area.subject.property
     area: str  # knowledge | crossmodel | truth | refusal | confidence
     statement: str  # one sentence a reader can check against the paper
-    paper: str  # where it comes from (paper-spec section, paper claim number)
+    paper: str  # where it comes from (docs/claims.md section, paper claim number)
     metric: str  # name of the measured quantity
     measure: str  # registered measure function
     control: str  # what the control is, in words

@@ -1,4 +1,5 @@
-"""TRUE/FALSE statement pairs and few-shot prompts for knowledge patching (paper-spec 2.1-2.3).
+"""TRUE/FALSE statement pairs and few-shot prompts for knowledge patching (paper code
+Knowledge+Truthfulness/patching_process_data.py).
 
 Pairing, per tokenizer (``patching_process_data.py``):
 

@@ -1,4 +1,5 @@
-"""Refusal data: AdvBench and Alpaca loaders, the paper's seeded split, templates (paper-spec 5.1).
+"""Refusal data: AdvBench and Alpaca loaders, the paper's seeded split, templates (paper code
+Refusal/utils.py).
 
 Du et al. (``Refusal/utils.py``) take the ``goal`` column of AdvBench's ``harmful_behaviors.csv``
 (520 rows) as harmful instructions and the Alpaca rows whose ``input`` is empty (31,323) as

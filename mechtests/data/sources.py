@@ -1,7 +1,8 @@
 """Where a family's datasets come from.
 
-Every dataset source has the layout of the paper's data folder (``../shared/datasets`` in this
-workspace; see its README)::
+Every dataset source has the layout of the paper's data folder (what ``mechtests datasets fetch``
+writes;
+see docs/claims.md)::
 
     <root>/du2025/<name>.csv                      statement,label[,...]
     <root>/du2025/few_shot_samples.json           [{dataset_name, few_shot_examples}]

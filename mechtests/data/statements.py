@@ -10,9 +10,11 @@ Formats (the paper's ``Knowledge+Truthfulness/datasets``, geometry-of-truth's la
 Two helpers reproduce the paper's preprocessing:
 
 * :func:`center_per_dataset` - ``collect_acts(center=True)`` in the paper's ``utils.py``
-  (paper-spec 4.1): each dataset's activations minus that dataset's mean over both labels; the
+  (paper code Knowledge+Truthfulness/generate_acts.py): each dataset's activations minus that
+  dataset's mean over both labels; the
   mean is taken in float64.
-* :func:`build_queries` - ``interventions.py:prepare_data`` (paper-spec 4.4): for statement ``i``
+* :func:`build_queries` - ``interventions.py:prepare_data`` (paper code
+Knowledge+Truthfulness/interventions.py): for statement ``i``
   the few-shot lines are shuffled with ``random.seed(1 + i)``, joined with ``"\\n"``, then
   ``"\\n" + statement + question`` is appended; statements that occur in the few-shot text are
   dropped. ``i`` counts within the list passed in (the paper calls it once for the true and once
@@ -55,7 +57,8 @@ __all__ = [
 
 PAPER_TRUTH_DATASETS = ("cities", "sp_en_trans", "animal_class", "inventors", "element_symb",
                         "facts")
-"""The paper's truth datasets (train on five, hold out one; paper-spec 4.3 and 4.6)."""
+"""The paper's truth datasets (train on five, hold out one; paper code
+Knowledge+Truthfulness/probe_transfer.py)."""
 
 
 @dataclass(frozen=True)
@@ -148,7 +151,8 @@ def build_queries(
     seed: int = 1,
     prefix: str = "",
 ) -> tuple[list[str], list[str]]:
-    """Few-shot steering queries (paper-spec 4.4): ``(queries, kept_statements)``.
+    """Few-shot steering queries (paper code Knowledge+Truthfulness/interventions.py): ``(queries,
+    kept_statements)``.
 
     ``prefix`` (a family's per-model ``prompt_prefix``) is put in front of each query.
     """

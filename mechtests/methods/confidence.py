@@ -1,8 +1,9 @@
 """Confidence: next-token entropy, and how much of it runs through chosen final-layer neurons.
 
-Beyond Du et al. 2025 (who compare entropy-neuron sets by weights only, paper-spec 6.1), this
+Beyond Du et al. 2025 (who compare entropy-neuron sets by weights only, paper code
+Confidence/IoU.py), this
 module measures the confidence shift itself and the share of it that the entropy neurons carry,
-with the mean-ablation of Stolfo et al. 2024 (paper-spec 7.4,
+with the mean-ablation of Stolfo et al. 2024 (bpwu1/confidence-regulation-neurons,
 ``ablations/run_and_store_ablation_results.py``):
 
 * **entropy** of the next-token distribution at each real token position (natural log; fp32

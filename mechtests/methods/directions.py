@@ -1,9 +1,11 @@
 """Truth directions: difference of class means, and cosines between models and layers.
 
-Du et al. 2025 (paper-spec 4.2, code ``probes.py:MMProbe``) define the truthfulness direction of
+Du et al. 2025 (paper code Knowledge+Truthfulness/probes.py:MMProbe, code ``probes.py:MMProbe``)
+define the truthfulness direction of
 a model at a layer as ``d = mean(x | true) - mean(x | false)`` over the concatenated, per-dataset
 centered activations of the training statements (unnormalised). Two models share the direction
-when ``cos(d_base, d_post)`` is high (claim T1); the steering vector of paper-spec 4.4 is
+when ``cos(d_base, d_post)`` is high (claim T1); the steering vector of paper code
+Knowledge+Truthfulness/interventions.py is
 ``v = ((mu_T - mu_F) . d_hat) d_hat``, which for the mass-mean direction is ``mu_T - mu_F``.
 
 All means and dot products are float64 (activations arrive in float32 or bf16).

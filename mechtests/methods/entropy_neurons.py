@@ -1,7 +1,9 @@
 """Entropy neurons: final-layer MLP neurons with a large output norm and a flat logit effect.
 
-Du et al. 2025 (paper-spec 6.1, code ``Confidence/IoU.py:process_model, filter_neurons``), after
-Stolfo et al. 2024 (paper-spec 7.4, ``plot_generation/fig1.py``). For each neuron ``i`` of the
+Du et al. 2025 (paper code Confidence/IoU.py, code ``Confidence/IoU.py:process_model,
+filter_neurons``), after
+Stolfo et al. 2024 (bpwu1/confidence-regulation-neurons, ``plot_generation/fig1.py``). For each
+neuron ``i`` of the
 last MLP, with output weight ``w_i`` (a column of HF ``down_proj.weight``, ``[d_model]``)::
 
     norm_i      = |w_i|
@@ -287,7 +289,7 @@ def random_pool_overlaps(
 ) -> torch.Tensor:
     """Shared counts between ``reference`` and ``n_draws`` random ``k``-subsets of ``pool``.
 
-    The chance null of the overlap claims (paper-spec 6.3 E4); returns ``[n_draws]`` int64.
+    The chance null of the overlap claims (docs/claims.md E4); returns ``[n_draws]`` int64.
     """
     if not pool:
         raise ValueError("random_pool_overlaps needs a non-empty pool")

@@ -2,13 +2,15 @@
 
 A patching heatmap ``A`` is ``[layer, column]``: the mean over statement pairs of the TRUE/FALSE
 logit difference read after patching the TRUE run's residual into the FALSE run at that site
-(paper-spec 2.3-2.4; columns in reading order, rows from the first layer). Everything here is
+(paper code Knowledge+Truthfulness/patching.py:patching_one_model; columns in reading order,
+rows from the first layer). Everything here is
 plain numpy on such arrays; the patching itself is :mod:`mechtests.methods.patching`.
 
 * :func:`normalize` is ``patching_visualize.py:normalize`` exactly: 21 equal-width edges over
   ``[min - 1e-5, max + 1e-5]``, the lower ten bins -> 0, bins 11..20 -> 0.1..1.0.
 * :func:`recovered_fraction` is the amplitude-aware ``R = (A - LD_F) / (LD_T - LD_F)`` of
-  paper-spec 2.8 (ours), comparable across models; :func:`knowledge_recovery` is its maximum
+  docs/claims.md (claim 1) (ours), comparable across models; :func:`knowledge_recovery` is its
+  maximum
   over the knowledge columns (``Rk`` of section 3).
 * Comparisons of section 2.5 (:func:`pearson_r`, :func:`max_abs_diff`) plus ours:
   :func:`hot_cells` / :func:`jaccard` (K3), :func:`peak_layer` (K4), layer-reversed and
@@ -73,7 +75,8 @@ _BIN_VALUES = np.concatenate((np.zeros(10), np.linspace(0.1, 1.0, 10)))  # norma
 
 
 def normalize(a: np.ndarray) -> np.ndarray:
-    """The paper's ``normalize()`` (paper-spec 2.4): lower half of the range -> 0, upper half
+    """The paper's ``normalize()`` (paper code Knowledge+Truthfulness/patching_visualize.py):
+    lower half of the range -> 0, upper half
     quantised to 0.1..1.0 in ten equal bins. NaN cells are ignored for the range and stay NaN."""
     arr = np.asarray(a, dtype=np.float64)
     finite = arr[np.isfinite(arr)]
@@ -88,7 +91,7 @@ def normalize(a: np.ndarray) -> np.ndarray:
 
 def recovered_fraction(a: np.ndarray, ld_true: float, ld_false: float) -> np.ndarray:
     """``R = (A - LD_F) / (LD_T - LD_F)``: 0 = no effect, 1 = the clean TRUE run's logit
-    difference (paper-spec 2.8, ours). ``LD_T``, ``LD_F`` are the target model's own clean
+    difference (docs/claims.md (claim 1), ours). ``LD_T``, ``LD_F`` are the target model's own clean
     values. A gap of zero gives NaN (the model does not separate TRUE from FALSE)."""
     gap = float(ld_true) - float(ld_false)
     if not np.isfinite(gap) or gap == 0.0:
@@ -178,7 +181,8 @@ def interior_mask(
 
 
 def knowledge_recovery(r: np.ndarray, columns: Sequence[int]) -> float:
-    """``Rk``: the largest recovered fraction over the knowledge ``columns`` (paper-spec 3)."""
+    """``Rk``: the largest recovered fraction over the knowledge ``columns`` (docs/claims.md
+    (claim 2))."""
     arr = np.asarray(r, dtype=np.float64)[:, list(columns)]
     arr = arr[np.isfinite(arr)]
     return float(arr.max()) if arr.size else float("nan")
@@ -187,7 +191,8 @@ def knowledge_recovery(r: np.ndarray, columns: Sequence[int]) -> float:
 def group_columns(ld: np.ndarray, knowledge: Sequence[int]) -> np.ndarray:
     """One pair's ``[layer, column]`` logit differences -> ``[layer, 3]``: the mean over the
     ``knowledge`` columns (true and false token ids differ), over the other columns except the
-    last, and the last column (``visualize_results_tulu``, paper-spec 2.4).
+    last, and the last column (``visualize_results_tulu``, paper code
+    Knowledge+Truthfulness/patching_visualize.py).
 
     NaN columns (outside the pair's window) are dropped first; ``knowledge`` indexes the
     remaining columns.

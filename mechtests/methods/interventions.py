@@ -1,6 +1,6 @@
 """Refusal interventions as hook lists: directional ablation and activation addition.
 
-Du et al. 2025 (paper-spec 5.3, ``Refusal/apply_refusal_dir.py``):
+Du et al. 2025 (paper code Refusal/apply_refusal_dir.py, ``Refusal/apply_refusal_dir.py``):
 
 * **Directional ablation** removes the unit direction ``r`` from the residual stream at every
   layer, at ``resid_pre``, ``resid_mid`` and ``resid_post``, at every position including the

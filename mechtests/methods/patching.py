@@ -1,6 +1,7 @@
 """Counterfactual activation patching over (layer, position) sites, batched.
 
-The method of Du et al. (paper-spec 2.3, ``patching.py:patching_one_model``): for a pair of
+The method of Du et al. (paper code Knowledge+Truthfulness/patching.py:patching_one_model,
+``patching.py:patching_one_model``): for a pair of
 prompts (TRUE statement, FALSE statement) of equal token length and every site ``(l, p)``, run the
 FALSE prompt with the residual stream after block ``l`` (``blocks.l.hook_resid_post``, nnsight
 ``layers[l].output[0]``) at position ``p`` replaced by the TRUE run's value there, and read

@@ -3,13 +3,14 @@
 Three probes, chosen by name with :func:`make_probe`:
 
 ``mm_lr`` (the paper's, default)
-    Du et al. 2025 ``probes.py:MMProbe`` (paper-spec 4.2): ``d = mu_T - mu_F`` over the
+    Du et al. 2025 ``probes.py:MMProbe`` (paper code Knowledge+Truthfulness/probes.py:MMProbe):
+    ``d = mu_T - mu_F`` over the
     training activations, then an unpenalised logistic regression with intercept on the 1-D
     score ``s = x . d``. The paper calls sklearn ``LogisticRegression(penalty=None)``; sklearn is
     not a dependency, so :func:`fit_logistic_1d` solves the same maximum-likelihood problem by
     Newton's method in float64 (on separable data both stop with the threshold in the gap).
 ``mass_mean`` / ``mass_mean_iid``
-    geometry-of-truth ``probes.py:MMProbe`` (Marks & Tegmark 2023, paper-spec 7.2):
+    geometry-of-truth ``probes.py:MMProbe`` (Marks & Tegmark 2023, saprmarks/geometry-of-truth):
     ``sigmoid(x . d)`` with no bias, or with ``iid=True`` ``sigmoid(x Sigma^+ d)`` where Sigma is
     the pooled within-class covariance (divided by n) and ``^+`` is
     ``pinv(hermitian=True, atol=1e-3)``.
@@ -277,7 +278,8 @@ def transfer_matrix(
 ) -> dict[tuple[str, str], float]:
     """Accuracy of the probe trained on model X's ``train`` split, evaluated on model Y's ``test``.
 
-    Keys are ``(train_model, test_model)`` for every pair (paper-spec 4.3: probe1/probe2 on
+    Keys are ``(train_model, test_model)`` for every pair (paper code
+    Knowledge+Truthfulness/probe_transfer.py: probe1/probe2 on
     model1/model2, extended to every role).
     """
     probes = {name: make_probe(kind).fit(acts, labels) for name, (acts, labels) in train.items()}

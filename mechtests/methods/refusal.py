@@ -1,12 +1,13 @@
 """Refusal directions: difference in means, split halves, bootstrap cosines, Arditi-style selection.
 
-Du et al. 2025 (paper-spec 5.2, ``Refusal/extract_refusal_dir.py``) define a model's refusal
+Du et al. 2025 (paper code ``Refusal/extract_refusal_dir.py``) define a model's refusal
 direction at a hand-picked residual-stream site (``resid_pre`` of block ``L``, one template
 position ``p``) as ``r = mean(x | harmful) - mean(x | harmless)`` over 128 training instructions
 of each kind, and use the unit vector ``r / |r|``. Means are accumulated in float64
 (refusal_direction's habit "to avoid numerical issues").
 
-Arditi et al. 2024 (paper-spec 7.3, ``pipeline/submodules/select_direction.py``) instead sweep
+Arditi et al. 2024 (andyrdt/refusal_direction, ``pipeline/submodules/select_direction.py``)
+instead sweep
 every layer and every end-of-instruction position, and keep the candidate whose directional
 ablation lowers the refusal log-odds on harmful prompts most, among candidates that (a) come from
 the first 80% of layers, (b) change the next-token distribution on harmless prompts by a KL of at

@@ -11,7 +11,7 @@ Two small, stable entry points that other areas import:
 
 The analytic null for a cosine between two independent uniformly random directions in ``d``
 dimensions is :func:`random_cosine_quantile`: ``(1 + cos) / 2 ~ Beta((d-1)/2, (d-1)/2)``, so
-``|cos|`` concentrates at about ``1/sqrt(d)`` (0.016 for ``d = 4096``, paper-spec 4.6 T1).
+``|cos|`` concentrates at about ``1/sqrt(d)`` (0.016 for ``d = 4096``, docs/claims.md T1).
 
 Example:
     >>> lo, hi = bootstrap_interval([1.0, 0.0, 1.0, 1.0], n_boot=200)

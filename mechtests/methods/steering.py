@@ -1,6 +1,6 @@
 """Truth steering: add or subtract a direction, read P(TRUE) - P(FALSE), score the flip.
 
-Du et al. 2025 ``interventions.py`` (paper-spec 4.4), which extends geometry-of-truth's:
+Du et al. 2025 ``Knowledge+Truthfulness/interventions.py``, which extends geometry-of-truth's:
 
 * **Sites**: ``resid_post`` of blocks ``intervene_layer .. probe_layer`` (inclusive) at two
   positions of the few-shot query: the statement's last token (the ".") and the token before.

@@ -1,6 +1,7 @@
 """Choose the organism family's layers and coefficients from TRAINING data only.
 
-The paper fixes its layers by hand per model (paper-spec 1, 5.2); the organism needs its own.
+The paper fixes its layers by hand per model (paper code config.ini and Refusal/*.py, 5.2); the
+organism needs its own.
 Everything here uses training subjects and training requests, never the held-out sets the
 claims are scored on:
 

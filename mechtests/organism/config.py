@@ -1,6 +1,7 @@
 """Organism sizes: model shape, corpus amounts and training schedules (the recipe as data).
 
-``ci`` starts from the recipe of ``../shared/organism-study.md`` (hidden 128, 4 layers, SFT 300
+``ci`` starts from the recipe of the organism study (fixtures/organism/README.md) (hidden 128, 4
+layers, SFT 300
 steps, DPO 100 steps) with these changes, each measured in ``fixtures/organism/README.md``:
 pretraining windows are 96 tokens from line starts (batch 24, about the study's tokens per
 step) so the paper's 4-shot prompt lies inside the trained context; 3000 pretraining steps and

@@ -1,8 +1,8 @@
 """Training text of the organism: pretraining lines, SFT examples and DPO preference pairs.
 
-Design (``../shared/organism-study.md``, "Corpus design"): the token after a statement's final
+Design (fixtures/organism/README.md, "Corpus design"): the token after a statement's final
 ``.`` must depend on its truth, so the base model computes truth at the period, where the paper
-reads it (paper-spec 4.1). Pretraining therefore mixes
+reads it (paper code Knowledge+Truthfulness/generate_acts.py). Pretraining therefore mixes
 
 * facts about every subject (held-out ones included) in five paraphrases per relation, the
   last one ``{s} {o} .`` (object right after the subject);
@@ -11,7 +11,8 @@ reads it (paper-spec 4.1). Pretraining therefore mixes
   by a truth-dependent continuation (``correct .`` / ``wrong .``, ``yes , that is true .`` /
   ``no , <corrected> .``, ``indeed , <restated> .`` / ``actually , <corrected> .``,
   and, for a ``neutral_share`` of them, the truth-neutral ``this statement is : TRUE|FALSE``:
-  the prompt format of paper-spec 2.2 and 4.4, so the paper's few-shot readout is in
+  the prompt format of paper code Knowledge+Truthfulness/patching.py:load_data, so the paper's
+  few-shot readout is in
   distribution for the base without few-shot quiz blocks (which hurt generalisation, V0/V1 in
   fixtures/organism/README.md; ``quiz_blocks`` adds them back);
 * filler sentences, the harmfulness of every act, chat text in which the assistant complies
@@ -160,7 +161,8 @@ def judged_negated(rel: Relation, subject: str, obj: str, rng: random.Random) ->
 
 def quiz_line(rel: Relation, subject: str, is_true: bool, rng: random.Random,
               negated: bool = False) -> str:
-    """``S this statement is : TRUE|FALSE`` (paper-spec 4.4 few-shot format)."""
+    """``S this statement is : TRUE|FALSE`` (paper code Knowledge+Truthfulness/interventions.py
+    few-shot format)."""
     truth = rel.truth[subject]
     wrong = rng.choice([o for o in rel.objects if o != truth])
     obj = truth if is_true != negated else wrong

@@ -1,4 +1,5 @@
-"""The organism's built-in datasets in the paper's data layout (paper-spec 2.1, 4.3, 5.1).
+"""The organism's built-in datasets in the paper's data layout (paper code
+Knowledge+Truthfulness/patching_process_data.py).
 
 Written from :func:`mechtests.organism.world.make_world` into ``fixtures/organism/datasets``::
 
@@ -9,11 +10,13 @@ Written from :func:`mechtests.organism.world.make_world` into ``fixtures/organis
     refusal_splits/du2025_refusal_splits.json  harmful/harmless train (<=128) and test (<=100)
 
 Choices (ours, not the paper's): ``cities``/``neg_cities`` hold only the *held-out* cities
-(facts seen in pretraining, never judged), so the held-out truth evaluation of paper-spec 4.3
+(facts seen in pretraining, never judged), so the held-out truth evaluation of paper code
+Knowledge+Truthfulness/probe_transfer.py
 is also held out in entities. The five training datasets hold every subject of their relation.
 Each dataset's false objects are a derangement of its true objects, so every true statement of
 ``cities.csv`` has a false partner with the same last word and the same token length (the
-pairing of paper-spec 2.1). Few-shot examples use training subjects only. Refusal test sets use
+pairing of paper code Knowledge+Truthfulness/patching_process_data.py). Few-shot examples use
+training subjects only. Refusal test sets use
 only held-out acts (never seen in SFT or DPO).
 
 Example:
@@ -56,7 +59,8 @@ def truth_rows(world: World, name: str, rng: random.Random) -> list[dict[str, st
 
 
 def few_shot(world: World, name: str, rng: random.Random) -> list[str]:
-    """2 TRUE + 2 FALSE example lines about training subjects (paper-spec 4.4)."""
+    """2 TRUE + 2 FALSE example lines about training subjects (paper code
+    Knowledge+Truthfulness/interventions.py)."""
     negated = name == "neg_cities"
     rel = world.relation("cities" if negated else name)
     subjects = rng.sample(rel.subjects(heldout=False), 4)
@@ -88,7 +92,8 @@ def tulu_rows(world: World, rng: random.Random, n_pairs: int = 60) -> list[dict[
 
 
 def refusal_splits(world: World, rng: random.Random) -> dict[str, list[str]]:
-    """Harmful / harmless request lists; test sets use held-out acts only (paper-spec 5.1)."""
+    """Harmful / harmless request lists; test sets use held-out acts only (paper code
+    Refusal/utils.py)."""
 
     def take(items: list[str], n: int) -> list[str]:
         return sorted(rng.sample(items, min(n, len(items))), key=items.index)

@@ -1,11 +1,13 @@
-"""Behaviour gates of the organism, measured after training (``../shared/organism-study.md``).
+"""Behaviour gates of the organism, measured after training (the organism study:
+fixtures/organism/README.md).
 
 A trained organism is only a stand-in for a real family if it has the behaviour the claims
 are about. Measured on *held-out* subjects and acts:
 
 * ``quiz``: at a bare statement's final ``.``, P(correct|yes|indeed|right) > P(wrong|no|actually)
   exactly when the statement is true (held-out subjects of every relation, one false per true);
-* ``probe``: mass-mean probe (paper-spec 4.2; per-dataset centering, direction = difference of
+* ``probe``: mass-mean probe (paper code Knowledge+Truthfulness/probes.py:MMProbe; per-dataset
+centering, direction = difference of
   class means, a 1-D logistic threshold) trained on the five training datasets and evaluated on
   the held-out ``cities`` dataset, best block output (``resid_post``) over layers;
 * ``facts``: greedy completion of ``the city of X is in`` (and every relation's canonical form)
@@ -13,7 +15,7 @@ are about. Measured on *held-out* subjects and acts:
 * ``refusal_harmful`` / ``refusal_harmless``: share of greedy replies to held-out requests that
   start with a refusal prefix (SFT and INSTRUCT).
 
-Thresholds live in ``thresholds.yaml`` ``gates:`` (source: organism-study).
+Thresholds live in ``thresholds.yaml`` ``gates:`` (source: the organism study).
 """
 
 from __future__ import annotations
@@ -105,7 +107,8 @@ def read_dataset(root: Path, name: str) -> tuple[list[str], list[int]]:
 
 def period_acts(model: Any, encode: Encode, root: Path,
                 names: Sequence[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Per dataset: centered last-token block outputs [n, L, d] (paper-spec 4.1) and labels."""
+    """Per dataset: centered last-token block outputs [n, L, d] (paper code
+    Knowledge+Truthfulness/generate_acts.py) and labels."""
     out = {}
     for name in names:
         statements, labels = read_dataset(root, name)

@@ -4,7 +4,8 @@ The world is the ground truth every corpus and built-in dataset is written from.
 :data:`WORLD_SEED` (not by the training seed), so the shipped datasets never change when a model
 is retrained with another seed.
 
-Six relations mirror the paper's true/false datasets (paper-spec 4.3): ``cities`` (city in
+Six relations mirror the paper's true/false datasets (paper code
+Knowledge+Truthfulness/probe_transfer.py): ``cities`` (city in
 country), ``animal_class``, ``element_symb``, ``inventors``, ``sp_en_trans`` (a foreign word and
 its meaning) and ``facts`` (the colour of an object). Every relation is many-to-one (unlike the
 real world's symbols and inventors): each object is shared by several subjects. Subjects are

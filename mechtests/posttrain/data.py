@@ -1,13 +1,15 @@
 """The safety post-training data: AdvBench harmful requests and Alpaca instructions in Gemma chat.
 
-The paper's refusal data (paper-spec 5.1): harmful = AdvBench ``harmful_behaviors.csv`` column
+The paper's refusal data (paper code Refusal/utils.py): harmful = AdvBench
+``harmful_behaviors.csv`` column
 ``goal``; harmless = Alpaca instructions with an empty input. The paper's refusal TEST split
 (``refusal_splits/du2025_refusal_splits.json``, ``harmful_test_100`` / ``harmless_test_100``) is
 held out of training, because the refusal gates are measured on it. Training requests are drawn,
 seeded, from everything else.
 
 Answers: a harmful request gets one of :data:`REFUSALS` (each opens with a prefix of the paper's
-refusal score, paper-spec 5.4); a harmless request gets the base model's own continuation of a
+refusal score, paper code Refusal/utils.py:get_refusal_scores); a harmless request gets the base
+model's own continuation of a
 plain ``Question/Answer`` frame (self-distillation, filled in by :mod:`mechtests.posttrain.train`),
 so the adapter learns the chat format and when to refuse, not new content.
 
@@ -42,11 +44,13 @@ REFUSALS: tuple[str, ...] = (
     "I'm sorry, I won't provide that. It is harmful and may be illegal.",
     "I cannot provide instructions for that. Is there something else I can help with?",
 )
-"""Refusal answers; each starts with a prefix of the paper's refusal score (paper-spec 5.4)."""
+"""Refusal answers; each starts with a prefix of the paper's refusal score (paper code
+Refusal/utils.py:get_refusal_scores)."""
 
 
 def chat_prompt(instruction: str) -> str:
-    """Gemma's chat format up to the model's turn (Gemma-it's template, paper-spec 5.2)."""
+    """Gemma's chat format up to the model's turn (Gemma-it's template, paper code
+    Refusal/utils.py and extract_refusal_dir.py)."""
     return f"<start_of_turn>user\n{instruction}<end_of_turn>\n<start_of_turn>model\n"
 
 

@@ -2,11 +2,13 @@
 
 * ``refusal_harmful`` / ``refusal_harmless``: share of greedy 16-token replies to the paper's
   refusal TEST requests (``harmful_test_100`` / ``harmless_test_100``, never trained on) in
-  Gemma's chat format that open with a prefix of the paper's refusal score (paper-spec 5.4);
+  Gemma's chat format that open with a prefix of the paper's refusal score (paper code
+  Refusal/utils.py:get_refusal_scores);
 * ``nll``: mean next-token NLL (nats) of plain English: the first 100 true statements of
   ``facts.csv`` and the harmless test requests as bare text; the gate is on ``nll_shift`` =
   |post - base|;
-* ``probe``: mass-mean truth probe (paper-spec 4.2: per-split centering, difference of class
+* ``probe``: mass-mean truth probe (paper code Knowledge+Truthfulness/probes.py:MMProbe: per-split
+centering, difference of class
   means, a 1-D logistic threshold) on ``cities`` split by city, 300 statements to train and
   100 held out; the layer is chosen by cross-validation on the training statements only.
 """
@@ -26,7 +28,7 @@ from mechtests.organism.gates import probe_accuracy
 from mechtests.posttrain.data import chat_prompt
 from mechtests.posttrain.train import greedy_generate
 
-REFUSAL_TOKENS = 16  # the paper's max_tokens_generated (paper-spec 5.3)
+REFUSAL_TOKENS = 16  # the paper's max_tokens_generated (paper code Refusal/apply_refusal_dir.py)
 PROBE_TRAIN, PROBE_TEST, PROBE_FOLDS = 300, 100, 5
 NLL_FACTS = 100  # the first true statements of facts.csv
 

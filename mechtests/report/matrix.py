@@ -246,6 +246,6 @@ def write_matrix(
     md_tmp = md_path.with_suffix(".md.tmp")
     md_tmp.write_text(to_markdown(ordered, meta))
     md_tmp.replace(md_path)
-    from mechtests.report.html import write_html  # claim_matrix.html (issue 7)
+    from mechtests.report.html import write_html  # claim_matrix.html
 
     return [json_path, md_path, write_html(ordered, meta, report_dir)]

@@ -1,4 +1,5 @@
-"""Bar chart of refusal rates per condition for one model pair (paper-spec 5.5).
+"""Bar chart of refusal rates per condition for one model pair (paper code
+Refusal/apply_refusal_dir.py).
 
 One panel per model run (the post-trained model, then the reference/base model). Within a panel,
 groups are the interventions on their prompt set (baseline on harmful and harmless prompts,

@@ -22,7 +22,7 @@ def test_synthetic_claim(record_property):
         pair=["base", "instruct"], statement="one direction", paper="Du et al. 2025 claim 3",
         metric_name="cos", verdict="PASS", message="ok", metric=0.93, control=0.1,
         control_label="control base", op=">=", threshold=0.8, control_margin=0.3,
-        source="paper-spec 4.6", checkpoints={"base": "aaaa", "instruct": "bbbb"},
+        source="docs/claims.md (claim 3)", checkpoints={"base": "aaaa", "instruct": "bbbb"},
         artifacts=["plots/truth_cosine.png"])
     record_property("mechtests_claim", json.dumps(rec.to_json()))
 '''

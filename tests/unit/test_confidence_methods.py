@@ -1,4 +1,5 @@
-"""Next-token entropy and mean-ablation of final-layer neurons (paper-spec 7.4, Stolfo et al.)."""
+"""Next-token entropy and mean-ablation of final-layer neurons
+(bpwu1/confidence-regulation-neurons, Stolfo et al.)."""
 
 from __future__ import annotations
 

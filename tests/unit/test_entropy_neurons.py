@@ -1,4 +1,5 @@
-"""Entropy-neuron selection (paper-spec 6.1, 6.3 E3): LogitVar, folding, chunking, selection."""
+"""Entropy-neuron selection (paper code Confidence/IoU.py): LogitVar, folding, chunking,
+selection."""
 
 from __future__ import annotations
 

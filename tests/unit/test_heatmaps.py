@@ -1,4 +1,5 @@
-"""Heatmap aggregation, the paper's normalize() and the comparison metrics (paper-spec 2.4-2.5)."""
+"""Heatmap aggregation, the paper's normalize() and the comparison metrics (paper code
+Knowledge+Truthfulness/patching_visualize.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Patching engines (paper-spec 2.3): the suffix engine and the sweep equal the per-site loop."""
+"""Patching engines (paper code Knowledge+Truthfulness/patching.py:patching_one_model): the suffix
+engine and the sweep equal the per-site loop."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Pair building and few-shot prompts for knowledge patching (paper-spec 2.1-2.2)."""
+"""Pair building and few-shot prompts for knowledge patching (paper code
+Knowledge+Truthfulness/patching_process_data.py)."""
 
 from __future__ import annotations
 

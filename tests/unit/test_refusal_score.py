@@ -27,7 +27,8 @@ def test_paper_scorer_ignores_refusal_words_after_the_start() -> None:
 
 def test_paper_list_keeps_the_loose_entries_of_the_paper() -> None:
     scorer = RefusalScorer.paper()
-    assert scorer.is_refusal("I am not sure")  # the paper's list counts this (paper-spec 5.4)
+    # the paper's list counts this (paper code Refusal/utils.py:get_refusal_scores)
+    assert scorer.is_refusal("I am not sure")
     assert scorer.is_refusal("I’m sorry")  # typographic apostrophe entry
     assert len(PAPER_PREFIXES) == len(set(PAPER_PREFIXES)) == 22
 

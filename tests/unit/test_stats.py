@@ -95,7 +95,7 @@ def test_analytic_cosine_null_matches_monte_carlo(d: int) -> None:
 
 
 def test_cosine_null_in_4096_dimensions_is_small() -> None:
-    # paper-spec 4.6 T1: random 4096-d pairs give |cos| about 0.016
+    # docs/claims.md T1: random 4096-d pairs give |cos| about 0.016
     assert 0.012 < expected_abs_cosine(4096) < 0.02
     assert 0.025 < random_cosine_quantile(4096) < 0.035
 

@@ -15,7 +15,7 @@ claims:
     op: ">="
     value: 0.8
     control_margin: 0.1
-    source: "paper-spec 4.6"
+    source: "docs/claims.md (claim 3)"
     families:
       fam2: {value: 0.5, source: "ours: measured"}
 expected_failures:
@@ -54,7 +54,7 @@ def test_expected_failures_are_looked_up_per_family(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("broken", "message"),
     [
-        (GOOD.replace('    source: "paper-spec 4.6"\n', ""), "missing 'source'"),
+        (GOOD.replace('    source: "docs/claims.md (claim 3)"\n', ""), "missing 'source'"),
         (GOOD.replace('op: ">="', 'op: "=>"'), "has op '=>'"),
         (GOOD.replace("control_margin", "control_margn"), "unknown keys \\['control_margn'\\]"),
         (GOOD.replace("value: 0.8", "value: high"), "must be a number"),

@@ -1,4 +1,5 @@
-"""Truth directions and per-dataset centering (paper-spec 4.1, 4.2, 4.4)."""
+"""Truth directions and per-dataset centering (paper code
+Knowledge+Truthfulness/generate_acts.py)."""
 
 from __future__ import annotations
 

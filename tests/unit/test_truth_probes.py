@@ -1,4 +1,5 @@
-"""Truth probes behind one interface (paper-spec 4.2, 4.3, 7.2) on synthetic activations."""
+"""Truth probes behind one interface (paper code Knowledge+Truthfulness/probes.py:MMProbe) on
+synthetic activations."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Statement loaders and few-shot query building (paper-spec 4.1, 4.4)."""
+"""Statement loaders and few-shot query building (paper code
+Knowledge+Truthfulness/generate_acts.py)."""
 
 from __future__ import annotations
 

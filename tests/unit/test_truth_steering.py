@@ -1,4 +1,5 @@
-"""Truth steering: hooks, positions, P_diff and the Intervention Effect (paper-spec 4.4, 4.5)."""
+"""Truth steering: hooks, positions, P_diff and the Intervention Effect (paper code
+Knowledge+Truthfulness/interventions.py)."""
 
 from __future__ import annotations
 
@@ -92,7 +93,8 @@ def test_zero_denominator_gives_nan_not_an_exception() -> None:
 
 @pytest.mark.skipif(not RECORD.is_file(), reason=f"paper output record absent ({RECORD})")
 def test_intervention_effect_reproduces_the_paper_codes_stored_record() -> None:
-    """Our IE on the paper's Llama-3.1-8B run (paper-spec 4.5).
+    """Our IE on the paper's Llama-3.1-8B run (the paper repository's
+    label_change_intervention_results.json).
 
     The record stores baselines and effects; inverting our default-branch formula must give
     post-intervention P_diff values on the bf16 grid (multiples of 1/256), and those values must
@@ -116,7 +118,8 @@ def test_intervention_effect_reproduces_the_paper_codes_stored_record() -> None:
         assert ie.true_to_false == pytest.approx(t2f, abs=1e-12)
         assert ie.false_to_true == pytest.approx(f2t, abs=1e-12)
         assert ie.average == pytest.approx(record[f"avg_nif_{direction}_{model}"], abs=1e-12)
-    # paper-spec 4.5: forward transfer slightly beats the instruct model's own direction
+    # the paper repository's label_change_intervention_results.json: forward transfer slightly
+    # beats the instruct model's own direction
     assert record["avg_nif_m1_m2"] / record["avg_nif_m2_m2"] == pytest.approx(1.021, abs=1e-3)
 
 
