@@ -1,5 +1,5 @@
 """Root conftest: keep it thin. Options, fixtures and the claim matrix come from the mechtests
-plugin (``mechtests/plugin.py``, loaded through its pytest11 entry point)."""
+plugin (``mechtests/plugin/``, loaded through its pytest11 entry point)."""
 
 import os
 

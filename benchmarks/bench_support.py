@@ -10,9 +10,9 @@ ROLES = ("base", "sft", "instruct", "control")
 def built_organism_or_tiny(cache: Path) -> tuple[str, str]:
     """``(checkpoint reference, label)``: the CI organism's base when it is already built
     (shipped, or in the default cache; never trained here), else the tiny random llama."""
+    from mechtests.checkpoints.cache_dir import default_cache_dir
     from mechtests.organism.checkpoints import SHIPPED, cache_root
     from mechtests.organism.config import size_config
-    from mechtests.plugin import default_cache_dir
 
     for root in (SHIPPED / "ci", cache_root(size_config("ci"), default_cache_dir())):
         if all((root / r / "config.json").is_file() for r in ROLES):

@@ -174,9 +174,9 @@ def run_bench(args: argparse.Namespace) -> int:
     from mechtests.areas import get_measure
     from mechtests.bench_flops import reference_peak
     from mechtests.bench_phases import PhaseRecorder
+    from mechtests.checkpoints.cache_dir import default_cache_dir
     from mechtests.context import RunOptions
     from mechtests.data.sources import DatasetsUnavailable
-    from mechtests.plugin import default_cache_dir
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         out = Path(args.out)
     else:
-        from mechtests.plugin import default_cache_dir
+        from mechtests.checkpoints.cache_dir import default_cache_dir
 
         out = cache_root(cfg, Path(args.cache_dir) if args.cache_dir else default_cache_dir())
     try:

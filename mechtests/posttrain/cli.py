@@ -60,9 +60,9 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``posttrain build``; prints the gates."""
+    from mechtests.checkpoints.cache_dir import default_cache_dir
     from mechtests.claims.thresholds import PACKAGED_THRESHOLDS
     from mechtests.data.sources import dataset_source
-    from mechtests.plugin import default_cache_dir
     from mechtests.posttrain.build import build
 
     cfg = TrainConfig(**{f: getattr(args, f) for f in (

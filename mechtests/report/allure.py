@@ -39,7 +39,7 @@ import pytest
 __all__ = ["AllureClaims", "allure_active", "attach_record", "find_allure", "register_allure",
            "render_allure"]
 
-RECORD_KEY = "mechtests_claim"  # = mechtests.plugin.RECORD_KEY
+RECORD_KEY = "mechtests_claim"  # = mechtests.plugin.recorder.RECORD_KEY
 INSTALL_HINT = (
     "Allure 3 not found: it needs Node.js >= 20 and the npm package 'allure' "
     "(`npm install --no-save allure` in this folder, or `npm install -g allure`), then rerun "

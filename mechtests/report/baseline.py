@@ -244,7 +244,7 @@ class BaselineGate:
             self.lines.append(f"no claim results: baseline {self.path} neither read nor written")
             return
         sha = getattr(self.state.thresholds, "sha256", "")
-        from mechtests.plugin import incomplete_reason
+        from mechtests.plugin.recorder import incomplete_reason
 
         incomplete = incomplete_reason(session, self.state)
         if incomplete and (self.update or not self.path.exists()):

@@ -64,8 +64,8 @@ def run_validate(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from mechtests.checkpoints.cache_dir import default_cache_dir
     from mechtests.families import load_families, select_family
-    from mechtests.plugin import default_cache_dir
     from mechtests.validation import run, table
     from mechtests.validation.expected import load_expected
     from mechtests.validation.mutants import build_mutant, parse_mutants

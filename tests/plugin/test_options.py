@@ -80,7 +80,7 @@ def test_a_bad_option_under_xdist_is_one_line_before_any_worker_starts(
 
 
 def test_the_problem_lines_name_each_failed_or_errored_cell_once() -> None:
-    from mechtests.plugin import problem_lines
+    from mechtests.plugin.recorder import problem_lines
 
     def rec(verdict: str, message: str) -> dict[str, object]:
         return {"claim_id": "truth.x", "family": "tiny", "pair": ["base", verdict.lower()],

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from mechtests import xdist_support as xs
+from mechtests.plugin import xdist as xs
 
 ENV_PROBE = '''
 import json, os, pytest
@@ -131,7 +131,7 @@ def test_nvidia_smi_is_asked_when_cuda_visible_devices_is_unset(
 
 
 def test_gpu_discovery_does_not_import_torch_when_there_is_no_gpu(tmp_path: Path) -> None:
-    code = ("import sys; from mechtests.xdist_support import visible_gpus; g = visible_gpus(); "
+    code = ("import sys; from mechtests.plugin.xdist import visible_gpus; g = visible_gpus(); "
             "print(len(g), 'torch' in sys.modules)")
     for env in ({"CUDA_VISIBLE_DEVICES": ""}, {"PATH": str(tmp_path)}):  # no nvidia-smi on PATH
         full = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}

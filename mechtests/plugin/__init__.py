@@ -21,14 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from mechtests.checkpoints.cache_dir import CACHE_ENV, default_cache_dir
 from mechtests.errors import ConfigError, MechTestsError
+from mechtests.plugin.recorder import RECORD_KEY, Recorder
 
 if TYPE_CHECKING:
     from mechtests.runner import ClaimCase, ClaimRunner
 
 OPT_FAMILY = "--model-family"
-RECORD_KEY = "mechtests_claim"
-CACHE_ENV = "MECHTESTS_CACHE"
 REPORT_FILES = ("claim_matrix.json", "claim_matrix.md", "claim_matrix.html")
 _STATE = pytest.StashKey["_State"]()
 
@@ -41,15 +41,6 @@ class ClaimInconclusive(Exception):
     """The experiment could not decide the claim (a precondition failed, or the interval
     contains the threshold): not a finding, and not a pass either. Deliberately not a
     :class:`ClaimFailed`, so it never counts as an expected failure (XFAIL)."""
-
-
-def default_cache_dir() -> Path:
-    """``$MECHTESTS_CACHE`` or the user cache directory (``~/.cache/mechtests`` on Linux)."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("mechtests"))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -91,7 +82,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--max-examples", type=int, default=None, metavar="N",
                     help="Subsample every dataset to at most N examples (recorded in the "
                          "report). Default: all.")
-    # ---- reports, baselines, scale-out (mechtests/report/, xdist_support.py) ----
+    # ---- reports, baselines, scale-out (mechtests/report/, plugin/xdist.py) ----
     group.addoption("--baseline", default=None, metavar="FILE",
                     help="Compare every metric with this stored run; a change beyond the "
                          "claim's tolerance (thresholds.yaml) or a result not in FILE fails "
@@ -182,12 +173,12 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from None
     config.stash[_STATE] = state
     if not hasattr(config, "workerinput"):  # the controller (or a run without xdist)
-        config.pluginmanager.register(_Recorder(state), "mechtests-recorder")
+        config.pluginmanager.register(Recorder(state), "mechtests-recorder")
         _one_line_failures(config)
     # ---- worker GPU pinning + family scheduling, Allure attachments, baseline gate
+    from mechtests.plugin.xdist import register_xdist
     from mechtests.report.allure import register_allure
     from mechtests.report.baseline import register_baseline
-    from mechtests.xdist_support import register_xdist
 
     register_xdist(config, state.families)
     register_allure(config)
@@ -237,7 +228,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 @pytest.hookimpl(optionalhook=True, tryfirst=True)
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """``-n auto``: one worker per visible GPU, else max(1, cores // 2)."""
-    from mechtests.xdist_support import auto_num_workers
+    from mechtests.plugin.xdist import auto_num_workers
 
     return auto_num_workers(config)
 
@@ -336,106 +327,3 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return (1, case.family, case.claim.area, case.test_id)
 
     items.sort(key=key)
-
-
-class _Recorder:
-    """Collects claim records (also from xdist workers) and writes the matrix on the controller."""
-
-    def __init__(self, state: _State) -> None:
-        self.state = state
-
-    def pytest_collection_finish(self, session: pytest.Session) -> None:
-        if not session.config.getoption("collectonly"):
-            self.state.expected = sum(_is_claim_test(item.nodeid) for item in session.items)
-
-    @pytest.hookimpl(optionalhook=True)
-    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
-        self.state.expected = max(self.state.expected or 0, sum(map(_is_claim_test, ids)))
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if report.when != "call" and not (report.when == "setup" and report.skipped):
-            return
-        for key, value in report.user_properties:
-            if key != RECORD_KEY:
-                continue
-            record = json.loads(str(value))
-            if hasattr(report, "wasxfail") and record["verdict"] == "FAIL":
-                record["verdict"] = "XFAIL"
-            elif record.get("expected_failure") and record["verdict"] == "PASS":
-                record["verdict"] = "XPASS"
-            self.state.records.append(record)
-
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        reason = self.state.incomplete
-        if self.state.records:
-            from mechtests.report.cards import format_gates, read_cards
-            from mechtests.report.matrix import format_terminal
-
-            for (family, path), card in read_cards(self.state.records).items():
-                for line in format_gates(family, path, card):
-                    terminalreporter.write_line(line)
-
-            for line in format_terminal(self.state.records):
-                terminalreporter.write_line(line)
-            for line in problem_lines(self.state.records):
-                terminalreporter.write_line(line, red=True)
-        if self.state.write_error:
-            terminalreporter.write_line(self.state.write_error, red=True, bold=True)
-        if reason and (self.state.records or self.state.expected):
-            terminalreporter.write_line(
-                f"mechtests: INCOMPLETE RUN: {reason}. The claim matrix is marked incomplete and "
-                "no baseline is written from it. Fix: rerun without stopping it.",
-                red=True, bold=True)
-
-    def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        self.state.incomplete = incomplete_reason(session, self.state)
-        if not self.state.records:
-            return
-        from mechtests.report.matrix import write_matrix
-
-        opt = session.config.getoption
-        try:
-            paths = write_matrix(
-                self.state.records, self.state.report_dir, self.state.thresholds,
-                self.state.families,
-                options={"max_examples": opt("--max-examples"),
-                         "dtype": opt("--mechtests-dtype"),
-                         "backend": opt("--mechtests-backend"),
-                         "device": opt("--mechtests-device")},
-                incomplete=self.state.incomplete,
-            )
-        except OSError as exc:  # the results stay on the terminal; the run still ends cleanly
-            self.state.write_error = (
-                f"mechtests: the claim matrix could not be written to {self.state.report_dir} "
-                f"({exc.strerror}: {exc.filename}). Fix: point --claim-report at a writable "
-                "directory.")
-            return
-        self.state.written = paths
-
-
-def problem_lines(records: list[dict[str, Any]]) -> list[str]:
-    """One line per FAIL / INCONCLUSIVE / ERROR / XPASS cell: the verdict, where, and the
-    reason (an INCONCLUSIVE one fails the gate too, unless --allow-inconclusive)."""
-    lines = []
-    for rec in sorted(records, key=lambda r: (r["claim_id"], r["family"], r["pair"])):
-        if rec["verdict"] in ("FAIL", "INCONCLUSIVE", "ERROR", "XPASS"):
-            message = " ".join(str(rec.get("message") or "").split())[:300]
-            lines.append(f"{rec['verdict']} {rec['claim_id']} on {rec['family']} "
-                         f"({'->'.join(rec['pair'])}): {message}")
-    return lines
-
-
-def _is_claim_test(nodeid: str) -> bool:
-    return "::test_claim_holds[" in nodeid
-
-
-def incomplete_reason(session: pytest.Session, state: Any) -> str | None:
-    """Why this run's claim results are partial (Ctrl-C, ``-x``, a crash), or None."""
-    if session.exitstatus in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.INTERNAL_ERROR):
-        return f"pytest stopped it (exit status {int(session.exitstatus)})"
-    stop = session.shouldstop or session.shouldfail
-    if stop:
-        return f"pytest stopped it ({stop})"
-    if state.expected is not None and len(state.records) < state.expected:
-        return f"{len(state.records)} of {state.expected} claim results were recorded"
-    return None
