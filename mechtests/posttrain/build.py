@@ -83,6 +83,9 @@ def build(base_ref: str, source: DatasetSource, out: Path, cfg: TrainConfig, cac
                                  data.harmless_test, cfg.seed, True, log)
     post_values["nll_shift"] = abs(post_values["nll"] - base_values["nll"])
     out.mkdir(parents=True, exist_ok=True)
+    lora_config = peft_model.peft_config["default"]
+    lora_config.base_model_name_or_path = base_ref  # the reference, not this machine's cache path
+    lora_config.target_modules = sorted(lora_config.target_modules)  # a stable file, a stable hash
     peft_model.save_pretrained(out)
     rules = gate_rules(thresholds)
     gates = {"base": base_values, "instruct": post_values}
@@ -129,7 +132,7 @@ def render_card(card: Mapping[str, Any]) -> str:
         "## Recipe", "",
         f"- `mechtests posttrain build` with {recipe}.",
         f"- Training examples after distillation: {card['n_examples']['harmful']} harmful "
-        f"(AdvBench goals, paper-spec 5.1) answered with a refusal drawn from "
+        f"(AdvBench goals, paper code Refusal/utils.py) answered with a refusal drawn from "
         f"{len(card['refusal_answers'])} fixed ones; {card['n_examples']['harmless']} harmless "
         "(Alpaca instructions) answered with the base model's own greedy continuation of "
         "`Question: ...\\nAnswer:` (self-distillation: the adapter learns the chat format and "
