@@ -37,8 +37,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -173,19 +171,14 @@ def _build_locked(shape: Shape, role: str, config: dict[str, Any], vocab: list[s
                   out: Path) -> None:
     from filelock import FileLock
 
+    from mechtests.checkpoints.atomic import atomic_directory
+
     out.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(out) + ".lock"):
         if (out / "config.json").is_file():
             return
-        tmp = Path(tempfile.mkdtemp(prefix=f".{role}.", dir=out.parent))
-        try:
+        with atomic_directory(out) as tmp:  # replaces an interrupted older build
             _build(shape, role, config, vocab, tmp)
-            if out.exists():  # an interrupted older build
-                shutil.rmtree(out)
-            tmp.replace(out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
 
 def _build(shape: Shape, role: str, config: dict[str, Any], vocab: list[str], out: Path) -> None:

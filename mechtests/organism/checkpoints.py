@@ -19,10 +19,9 @@ Example:
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from mechtests.checkpoints.atomic import atomic_directory
 from mechtests.errors import CheckpointError
 from mechtests.organism.config import OrganismConfig, size_config
 
@@ -92,13 +91,6 @@ def build_locked(cfg: OrganismConfig, root: Path, seed: int = DEFAULT_SEED) -> P
     with FileLock(str(root) + ".lock"):
         if _complete(root):
             return root
-        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-        try:
+        with atomic_directory(root) as tmp:  # replaces an incomplete older build
             build(cfg, seed, tmp, log=lambda msg: print(f"[mechtests organism] {msg}"))
-            if root.exists():
-                shutil.rmtree(root)
-            tmp.replace(root)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     return root

@@ -14,10 +14,11 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
 from pathlib import Path
 
+from filelock import FileLock
+
+from mechtests.checkpoints.atomic import atomic_directory
 from mechtests.errors import CheckpointError
 from mechtests.posttrain.base import resolve_base
 
@@ -51,14 +52,9 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, out: Path) -> Path:
 
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
-    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    merged.save_pretrained(tmp)
-    AutoTokenizer.from_pretrained(base_dir).save_pretrained(tmp)
-    if out.exists():  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
-        return out
-    tmp.replace(out)
+    with atomic_directory(out) as tmp:
+        merged.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(base_dir).save_pretrained(tmp)
     return out
 
 
@@ -80,4 +76,7 @@ def resolve(rest: str, cache_dir: Path) -> Path:
     if (out / "config.json").is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    return merge_adapter(base_dir, adapter_dir, out)
+    with FileLock(str(out) + ".lock"):  # one merge when several processes start at once
+        if (out / "config.json").is_file():
+            return out
+        return merge_adapter(base_dir, adapter_dir, out)

@@ -22,13 +22,13 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
+from mechtests.checkpoints.atomic import atomic_directory
 from mechtests.context import FamilyContext, RunOptions
 from mechtests.errors import CheckpointError, ConfigError
 from mechtests.families import Family
@@ -205,16 +205,11 @@ def build_mutant(family: Family, name: str, cache_dir: Path) -> Path:
     with FileLock(str(root) + ".lock"):
         if (root / "config.json").is_file():
             return root
-        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-        try:
+        with atomic_directory(root) as tmp:
             record = _write(recipe, family, cache_dir, source, tmp)
             (tmp / CARD).write_text(json.dumps(
                 {"mutant": name, "family": family.name, "key": key, "summary": recipe.summary,
                  "source": family.models[recipe.source].ref, **record}, indent=1))
-            tmp.replace(root)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     return root
 
 
