@@ -60,7 +60,7 @@ PAIRS = {"llama31": 2, "mistral": 2, "gemma2-9b": 2, "qwen15-0.5b": 8, "gemma3-2
 
 def _config(name: str) -> dict[str, Any]:
     """The named architecture's config keywords, cut to :data:`LAYERS` blocks."""
-    from mechtests.shapes import load_shapes
+    from mechtests.families.shape import load_shapes
 
     config = dict(GEMMA3_270M) if name == "gemma3-270m" else {
         k: v for k, v in load_shapes()[name].config.items()

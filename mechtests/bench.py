@@ -12,7 +12,7 @@ Caches: checkpoints come from the usual cache (``--cache``, built once), but act
 steering and generation results go to a fresh scratch directory, so every run measures the
 work, never a cache hit. Verdicts are not computed (see ``mechtests run``).
 
-Real-shape families (``<preset>-shape``, :mod:`mechtests.shapes`) default to bfloat16;
+Real-shape families (``<preset>-shape``, :mod:`mechtests.families.shape`) default to bfloat16;
 ``--shape-layers N`` cuts them to ``N`` layers for a CPU.
 
 Example::
@@ -98,9 +98,10 @@ def add_bench_subparser(sub: Any) -> None:
 def _family(args: argparse.Namespace) -> Family:
     from mechtests.errors import ConfigError
     from mechtests.families import load_families, select_family
-    from mechtests.shapes import shape_family
+    from mechtests.families.shape import LAYERS_ENV, parse_shape_layers, shape_family
 
-    families = load_families(Path(args.families_file) if args.families_file else None)
+    depth = parse_shape_layers(os.environ.get(LAYERS_ENV))
+    families = load_families(Path(args.families_file) if args.families_file else None, depth)
     family = select_family(families, args.model_family)
     shape = family.extra.get("shape") if isinstance(family.extra, Mapping) else None
     if args.shape_layers is not None or args.paper_datasets:

@@ -103,7 +103,7 @@ def load_hf(path: Path, *, device: str = "auto", dtype: str = "float32") -> tupl
             tokenizer = _tokenizer_class(path, AutoTokenizer).from_pretrained(
                 path, local_files_only=True, trust_remote_code=False
             )
-            if is_random_weights(path):  # shape: checkpoints (mechtests.shapes): no weights
+            if is_random_weights(path):  # shape: checkpoints: no weights
                 model = instantiate_random(path, torch_device, getattr(torch, dtype))
             else:
                 model = AutoModelForCausalLM.from_pretrained(

@@ -1,8 +1,8 @@
 """Random-weight instantiation of a checkpoint directory that holds no weights.
 
 A directory with ``config.json``, tokenizer files and the marker file :data:`MARKER` (written by
-:mod:`mechtests.shapes` for the ``shape:`` scheme) is a *random-weight checkpoint*: timing and
-memory of the claim areas do not depend on the weights' values, so a model of a real
+:mod:`mechtests.checkpoints.shape` for the ``shape:`` scheme) is a *random-weight checkpoint*:
+timing and memory of the claim areas do not depend on the weights' values, so a model of a real
 checkpoint's architecture with random weights costs what the real one costs, and no 8B weights
 are ever written to disk.
 

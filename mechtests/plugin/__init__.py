@@ -114,10 +114,12 @@ class _State:
         from mechtests.claims.table import load_claims
         from mechtests.claims.thresholds import load_thresholds
         from mechtests.families import load_families, select_family
+        from mechtests.families.shape import LAYERS_ENV, parse_shape_layers
 
         opt = config.getoption
         families_file = opt("--families-file")
-        all_families = load_families(Path(families_file) if families_file else None)
+        depth = parse_shape_layers(os.environ.get(LAYERS_ENV))  # real-shape families' depth
+        all_families = load_families(Path(families_file) if families_file else None, depth)
         names = sorted(set(opt(OPT_FAMILY) or ["organism"]))
         self.families = {}
         for name in names:

@@ -1,4 +1,5 @@
-"""Real-shape random-weight families (mechtests/shapes.py, engine/random_weights.py).
+"""Real-shape random-weight families (mechtests/families/shape.py, checkpoints/shape.py,
+engine/random_weights.py).
 
 Every preset's architecture is built on the meta device (no memory) and compared with its
 recorded shape: 2 layers for the module shapes, the full depth for the parameter count against
@@ -16,9 +17,10 @@ from typing import Any
 import pytest
 import torch
 
+from mechtests.checkpoints.shape import checkpoint_config, synthetic_vocab
 from mechtests.errors import CheckpointError, ConfigError
 from mechtests.families import load_families, resolve_checkpoint
-from mechtests.shapes import LAYERS_ENV, _vocab, checkpoint_config, load_shapes, scale_layer
+from mechtests.families.shape import LAYERS_ENV, load_shapes, parse_shape_layers, scale_layer
 
 PRESETS = ("llama31", "mistral", "llama2-13b", "llama2-7b", "gemma2-9b", "qwen15-0.5b")
 
@@ -32,7 +34,7 @@ def _meta_model(preset: str, n_layers: int) -> tuple[Any, dict[str, Any]]:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     shape = load_shapes()[preset]
-    config = checkpoint_config(shape, n_layers, _vocab(int(shape.config["vocab_size"])))
+    config = checkpoint_config(shape, n_layers, synthetic_vocab(int(shape.config["vocab_size"])))
     hf = AutoConfig.for_model(**config)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(hf, dtype=torch.bfloat16,
@@ -147,10 +149,8 @@ def test_synthetic_tokenizer_gives_the_cities_prompt_its_real_length(tmp_path: P
     assert max(lengths) <= 90
 
 
-def test_shape_families_are_random_weights_with_scaled_layers(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(LAYERS_ENV, "2")
-    fams = load_families()
+def test_shape_families_are_random_weights_with_scaled_layers() -> None:
+    fams = load_families(shape_layers=2)
     fam, preset = fams["llama31-shape"], fams["llama31"]
     assert fam.random_weights
     assert fam.datasets == "builtin:organism"
@@ -163,9 +163,16 @@ def test_shape_families_are_random_weights_with_scaled_layers(
     assert scale_layer(12, 2, 32) == 1
     assert scale_layer(0, 2, 32) == 0
     assert scale_layer(8, 1, 32) == 0
+
+
+def test_the_depth_is_passed_in_and_a_bad_depth_text_names_the_variable(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(LAYERS_ENV, "two")
+    assert load_families()["llama31-shape"].models["base"].ref == "shape:llama31/base"
+    assert parse_shape_layers(" 3 ") == 3
+    assert parse_shape_layers(None) is None
     with pytest.raises(ConfigError, match=LAYERS_ENV):
-        load_families()
+        parse_shape_layers("two")
 
 
 def test_malformed_or_too_deep_shape_reference_names_the_fix(tmp_path: Path) -> None:

@@ -1,0 +1,109 @@
+"""A model family as data: its checkpoints by role and its per-model claim settings.
+
+Frozen dataclasses only; :mod:`mechtests.families.catalog` fills them from ``families.yaml``.
+No torch, no YAML, no environment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from mechtests.errors import ConfigError
+
+__all__ = [
+    "POST_ROLES",
+    "ROLE_ORDER",
+    "Family",
+    "KnowledgeSettings",
+    "ModelSpec",
+    "RefusalSettings",
+    "TruthSettings",
+]
+
+ROLE_ORDER = ("base", "sft", "instruct", "control")
+POST_ROLES = ("sft", "instruct")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One checkpoint of a family."""
+
+    role: str
+    ref: str
+    prompt_prefix: str = ""
+
+
+@dataclass(frozen=True)
+class TruthSettings:
+    """Truthfulness settings (Du et al. 2025 claim 3)."""
+
+    probe_layer: int
+    intervene_layer: int
+    train_datasets: tuple[str, ...]
+    heldout_dataset: str
+    question: str
+    readout_true: str
+    readout_false: str
+
+
+@dataclass(frozen=True)
+class KnowledgeSettings:
+    """Knowledge-patching settings (Du et al. 2025 claim 1)."""
+
+    datasets: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RefusalSettings:
+    """Refusal settings (paper code Refusal/utils.py and extract_refusal_dir.py); templates,
+    positions and coefficients per role."""
+
+    layer: int
+    subtraction_coef: float
+    hooks: tuple[str, ...]
+    templates: Mapping[str, str]
+    positions: Mapping[str, int]
+    addition_coefs: Mapping[str, float]
+    # refusal openings matched with startswith (paper code Refusal/utils.py:get_refusal_scores);
+    # empty = the paper's list
+    # (mechtests.methods.refusal_score.PAPER_PREFIXES)
+    prefixes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Family:
+    """A base / post-trained checkpoint family with its per-model settings."""
+
+    name: str
+    description: str
+    architecture: str
+    datasets: str
+    models: Mapping[str, ModelSpec]
+    truth: TruthSettings
+    knowledge: KnowledgeSettings
+    refusal: RefusalSettings
+    random_weights: bool = False
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        return tuple(r for r in ROLE_ORDER if r in self.models)
+
+    @property
+    def post_roles(self) -> tuple[str, ...]:
+        return tuple(r for r in POST_ROLES if r in self.models)
+
+    @property
+    def has_control(self) -> bool:
+        return "control" in self.models
+
+    def with_checkpoint(self, role: str, ref: str) -> Family:
+        """The family with ``role``'s checkpoint replaced (the "check a new checkpoint" use)."""
+        if role not in ROLE_ORDER:
+            raise ConfigError(f"unknown role {role!r}; expected one of {', '.join(ROLE_ORDER)}.")
+        models = dict(self.models)
+        old = models.get(role)
+        models[role] = ModelSpec(role, ref, old.prompt_prefix if old else "")
+        return replace(self, models=models)
