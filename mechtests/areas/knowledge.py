@@ -21,8 +21,26 @@ measure                              metric
 Controls. K1-K4: the same comparison with the independent control base's heatmap in place of
 the post model's where the family has one (two unrelated models already share much of a
 heatmap's structure), else with the post heatmap's layers reversed. K5 is itself the reversed
-null; its control is the real ``r``. X1-X3: the "null" source (control base activations, else
-norm-matched random activations) in place of ``ref``; X4: the null source at the readout cell.
+null; its control is the real ``r``. X1-X3: the null source of each patch in place of its source
+(:func:`mechtests.areas.knowledge_runs.null_source`): the control base's TRUE activations where
+the family has one, else the source model's own FALSE-prompt activations at the same sites.
+Why the FALSE run of the source is the right null for each claim without a control base:
+
+* X2 (``Rk`` ratio) and X3 (asymmetry) ask whether the *TRUE statement* transfers. The source's
+  FALSE run carries everything else the real patch carries (the model difference, the source's
+  norms and distribution, the same tokens up to the FALSE ones), so its ``Rk`` is what the model
+  difference alone restores, about 0 where the transfer comes from the fact. X3's null is
+  ``Rk(ref FALSE -> post) - Rk(post FALSE -> ref)``: a post model that any foreign activation
+  pushes towards TRUE shows its spurious asymmetry there. A different pair's TRUE prompt
+  (resample ablation) would be no null: any TRUE statement restores TRUE at its object and
+  last tokens, so its ``Rk`` follows the real one.
+* X1 (map correlation): the null map equals the real one on the columns before the first
+  TRUE/FALSE difference (the source's TRUE and FALSE prompts agree there), so the control ``r``
+  gets every bit of structure the model difference explains, and the real ``r`` must beat it
+  through the columns that carry the fact.
+* X4 (self-patching) needs no null source: the source's FALSE run patched into itself is the
+  identity (``R = 0`` everywhere, a control that cannot fail); its control is the same
+  self-patching maps one cell to the left of the readout.
 
 Cells (``params.cells``): ``interior`` (default for K1, K3, K5) drops cells fixed by the
 patching structure (:func:`mechtests.methods.heatmaps.interior_mask`); ``all`` is the paper's.
@@ -51,11 +69,12 @@ from mechtests.areas.knowledge_aggregate import (
 )
 from mechtests.areas.knowledge_runs import (
     N_BOOT,
-    NULL,
     KnowledgeRun,
     ensure_maps,
     knowledge_datasets,
     knowledge_run,
+    null_label,
+    null_source,
     seed_for,
 )
 from mechtests.claims.model import Claim, Measurement
@@ -218,16 +237,16 @@ def heatmap_reversed(ctx: FamilyContext, claim: Claim, pair: Pair) -> Measuremen
 def forward_correlation(ctx: FamilyContext, claim: Claim, pair: Pair) -> Measurement:
     """X1: r between ref -> post and post's own heatmap (all cells by default)."""
     ref, post = pair
+    null = null_source(ctx, ref)
     cells = str(claim.params.get("cells", "all"))
-    keys = [(ref, post), (post, post), (NULL, post)]
+    keys = [(ref, post), (post, post), (null, post)]
 
     def corr(src: str) -> Stat:
         return lambda run, idx: pearson_r(_n(run, (src, post), idx), _n(run, (post, post), idx),
                                           _mask(run, cells))
 
-    run0 = knowledge_run(ctx, knowledge_datasets(ctx, claim.params.get("datasets"))[0])
-    return judge_datasets(ctx, claim, pair, ">=", keys, corr(ref), corr(NULL),
-                           f"{run0.null_label} patched into {post}")
+    return judge_datasets(ctx, claim, pair, ">=", keys, corr(ref), corr(null),
+                           f"{null_label(ctx, ref)} patched into {post}")
 
 
 def _rk(run: KnowledgeRun, key: Pair, idx: np.ndarray) -> float:
@@ -238,7 +257,8 @@ def _rk(run: KnowledgeRun, key: Pair, idx: np.ndarray) -> float:
 def forward_recovery(ctx: FamilyContext, claim: Claim, pair: Pair) -> Measurement:
     """X2: ``Rk(ref -> post) / Rk(post -> post)`` on the same resample."""
     ref, post = pair
-    keys = [(ref, post), (post, post), (NULL, post)]
+    null = null_source(ctx, ref)
+    keys = [(ref, post), (post, post), (null, post)]
 
     def ratio(src: str) -> Stat:
         def stat(run: KnowledgeRun, idx: np.ndarray) -> float:
@@ -248,11 +268,10 @@ def forward_recovery(ctx: FamilyContext, claim: Claim, pair: Pair) -> Measuremen
 
     def extra(run: KnowledgeRun) -> dict[str, Any]:
         full = np.arange(run.n)
-        return {"Rk": {f"{s}->{post}": _rk(run, (s, post), full) for s in (ref, post, NULL)}}
+        return {"Rk": {f"{s}->{post}": _rk(run, (s, post), full) for s in (ref, post, null)}}
 
-    run0 = knowledge_run(ctx, knowledge_datasets(ctx, claim.params.get("datasets"))[0])
-    return judge_datasets(ctx, claim, pair, ">=", keys, ratio(ref), ratio(NULL),
-                           f"{run0.null_label} patched into {post}", extra=extra)
+    return judge_datasets(ctx, claim, pair, ">=", keys, ratio(ref), ratio(null),
+                           f"{null_label(ctx, ref)} patched into {post}", extra=extra)
 
 
 @measure("crossmodel.asymmetry")
@@ -260,9 +279,10 @@ def asymmetry(ctx: FamilyContext, claim: Claim, pair: Pair) -> Measurement:
     """X3: ``Rk(ref -> post) - Rk(post -> ref)``, the value reached by at least half of the
     datasets (the ceil(n/2)-th largest), with a bootstrap stratified by dataset."""
     ref, post = pair
+    null_fwd, null_bwd = null_source(ctx, ref), null_source(ctx, post)
     runs = [knowledge_run(ctx, d) for d in knowledge_datasets(ctx, claim.params.get("datasets"))]
     for run in runs:
-        ensure_maps(ctx, run, [(ref, post), (post, ref), (NULL, post), (NULL, ref)])
+        ensure_maps(ctx, run, [(ref, post), (post, ref), (null_fwd, post), (null_bwd, ref)])
     kept, excluded, quantities = split_decidable(runs, [post, ref])
     runs = kept or runs
 
@@ -276,7 +296,7 @@ def asymmetry(ctx: FamilyContext, claim: Claim, pair: Pair) -> Measurement:
 
     full = [np.arange(r.n) for r in runs]
     fwd = [delta(ref, post, r, i) for r, i in zip(runs, full)]
-    null = [delta(NULL, NULL, r, i) for r, i in zip(runs, full)]
+    null = [delta(null_fwd, null_bwd, r, i) for r, i in zip(runs, full)]
     ci = bootstrap_interval(
         lambda *idx: majority([delta(ref, post, r, i) for r, i in zip(runs, idx)]),
         n=[r.n for r in runs], n_boot=int(claim.params.get("n_boot", N_BOOT)),
@@ -286,7 +306,9 @@ def asymmetry(ctx: FamilyContext, claim: Claim, pair: Pair) -> Measurement:
     return Measurement(
         metric=majority(fwd),
         control=majority(null),
-        control_label=f"Rk({runs[0].null_label} -> {post}) - Rk(same -> {ref})",
+        control_label=(
+            f"Rk({null_label(ctx, ref)} -> {post}) - Rk(same -> {ref})" if null_fwd == null_bwd
+            else f"Rk({null_label(ctx, ref)} -> {post}) - Rk({null_label(ctx, post)} -> {ref})"),
         interval=ci,
         n=sum(r.n for r in runs),
         details={**quantities, "pair": list(pair), "excluded": excluded,

@@ -13,9 +13,23 @@ Model visits, in order (each model is loaded once, the base twice):
 ``base -> post`` and ``null -> post``) -> ``base`` (``post -> base``, ``null -> base``).
 Maps for other pairs are computed on demand by :func:`ensure_maps`.
 
-``null`` is the cross-model control source: the independent control base's TRUE activations
-where the family has one, else norm-matched random activations (each vector replaced by a
-seeded random direction of the same norm). Unrelated activations should transfer nothing.
+The cross-model control source of a patch ``a -> b`` is :func:`null_source` ``(ctx, a)``:
+
+* ``null``, the independent control base's TRUE activations, where the family has a control
+  base (another model that knows the same facts, so the control asks whether *this* base's
+  representation is what transfers);
+* else ``a:false``, model ``a``'s own activations on the pair's FALSE prompt at the same sites
+  (each visit caches its model's FALSE activations while it is loaded). They come from the
+  source model, so they carry the whole model difference that ``a -> b`` carries, with the exact
+  norms and distribution of ``a``'s residual stream, on a prompt of the same tokens except the
+  FALSE ones; they carry nothing of the TRUE statement. Patched into ``b``'s FALSE run they
+  restore TRUE only as far as the model difference alone pushes ``b`` towards TRUE, which is
+  what the claims must beat. Columns before the first TRUE/FALSE difference get the same values
+  as ``a -> b`` (the prompts agree there). Norm-matched random activations are no null here:
+  on Gemma-3-270M (residual norms up to about 1,600) a random vector of that norm moves the
+  logits far more than any real activation (Rk = 29.7). A different pair's TRUE prompt
+  (resample ablation) is no null either: every TRUE statement says "this is true" at its
+  object and last tokens, so it restores TRUE where the real patch does.
 
 Few-shot lines come from ``du2025/few_shot_samples.json``; a dataset without an entry (the
 organism's ``tulu_extracted``) uses two TRUE and two FALSE statements of its own, left out of the
@@ -47,30 +61,46 @@ from mechtests.data.statements import load_few_shot, load_statements
 from mechtests.errors import DatasetError
 from mechtests.methods.heatmaps import group_columns, recovered_fraction
 from mechtests.methods.patching import clean_logit_diffs, patch_heatmaps_many, resid_sites
-from mechtests.methods.stats import random_unit_directions
 
 if TYPE_CHECKING:
     from mechtests.context import FamilyContext
     from mechtests.engine.backend import Backend
 
 __all__ = [
+    "FALSE_RUN",
     "NULL",
     "N_BOOT",
     "KnowledgeRun",
     "ensure_maps",
     "knowledge_datasets",
     "knowledge_run",
+    "null_label",
+    "null_source",
     "seed_for",
 ]
 
 N_BOOT = 1000  # bootstrap resamples over pairs for every knowledge interval
-NULL = "null"  # source name of the cross-model control activations
+NULL = "null"  # source name of the control base's TRUE activations (the control-base null)
+FALSE_RUN = ":false"  # "<role>:false": that role's FALSE-prompt activations (the fallback null)
 MAX_ROWS = 128  # sites (or pairs) per forward
 
 
 def seed_for(ctx: FamilyContext, *parts: object) -> int:
     """A stable seed from the run seed and ``parts``."""
     return zlib.crc32(":".join(str(p) for p in (ctx.options.seed, *parts)).encode())
+
+
+def null_source(ctx: FamilyContext, source: str) -> str:
+    """The control source of patches from ``source`` (module docstring): ``null`` (the control
+    base) where the family has one, else ``source``'s own FALSE-run activations."""
+    return NULL if ctx.family.has_control else source + FALSE_RUN
+
+
+def null_label(ctx: FamilyContext, source: str) -> str:
+    """How the report names :func:`null_source` ``(ctx, source)``."""
+    if ctx.family.has_control:
+        return "control base's activations"
+    return f"{source}'s own FALSE-prompt activations"
 
 
 @dataclass
@@ -81,7 +111,6 @@ class KnowledgeRun:
     pset: PatchingSet
     n_layers: int
     readout: tuple[int, int]
-    null_label: str
     maps: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)  # [pair, layer, col]
     ld_true: dict[str, np.ndarray] = field(default_factory=dict)  # role -> [pair]
     ld_false: dict[str, np.ndarray] = field(default_factory=dict)
@@ -218,18 +247,15 @@ def _build(ctx: FamilyContext, datasets: Sequence[str]) -> dict[str, KnowledgeRu
             n_layers=backend.n_layers,
             readout=(backend.token_id(truth.readout_true),
                      backend.token_id(truth.readout_false)),
-            null_label=(
-                "control base's activations" if fam.has_control
-                else "norm-matched random activations"
-            ),
         )
         for dataset in datasets
     }
     visits: list[tuple[str, list[str]]] = [("base", [])]
     if fam.has_control:
         visits.append(("control", []))
-    visits += [(post, ["base", NULL]) for post in fam.post_roles]
-    visits.append(("base", [*fam.post_roles, NULL]))
+    visits += [(post, ["base", null_source(ctx, "base")]) for post in fam.post_roles]
+    visits.append(("base", list(dict.fromkeys(
+        [*fam.post_roles, *(null_source(ctx, post) for post in fam.post_roles)]))))
     for target, sources in visits:
         for run in runs.values():
             _visit(ctx, run, target, sources)
@@ -239,8 +265,8 @@ def _build(ctx: FamilyContext, datasets: Sequence[str]) -> dict[str, KnowledgeRu
 def ensure_maps(ctx: FamilyContext, run: KnowledgeRun, keys: Iterable[tuple[str, str]]) -> None:
     """Compute the missing ``(source, target)`` maps, sources' activations first."""
     missing = [k for k in dict.fromkeys(keys) if k not in run.maps]
-    if any(t == NULL for _, t in missing):
-        raise ValueError("the null source cannot be a patching target")
+    if any(t == NULL or t.endswith(FALSE_RUN) for _, t in missing):
+        raise ValueError("a null source cannot be a patching target")
     for source in dict.fromkeys(s for s, _ in missing):
         if source != NULL:
             _source(ctx, run, source)
@@ -248,33 +274,21 @@ def ensure_maps(ctx: FamilyContext, run: KnowledgeRun, keys: Iterable[tuple[str,
         _visit(ctx, run, target, [s for s, t in missing if t == target and s != target])
 
 
-def _source(ctx: FamilyContext, run: KnowledgeRun, role: str) -> list[torch.Tensor]:
-    """``role``'s TRUE activations after every block at the window positions (the store)."""
-    if role == NULL:
-        return _null_source(ctx, run)
+def _source(ctx: FamilyContext, run: KnowledgeRun, source: str) -> list[torch.Tensor]:
+    """``source``'s activations after every block at the window positions (the store): a role's
+    TRUE prompts, ``<role>:false`` its FALSE prompts, ``null`` the control base's TRUE ones."""
+    if source == NULL:
+        return _source(ctx, run, "control")
+    role, false_run = source.removesuffix(FALSE_RUN), source.endswith(FALSE_RUN)
     sites = resid_sites(run.n_layers)
     acts = ctx.activations(
         role,
-        _prompts(ctx, role, run.pset.true_prompts),
+        _prompts(ctx, role, run.pset.false_prompts if false_run else run.pset.true_prompts),
         sites,
         list(range(-run.pset.width, 0)),
-        tag=f"knowledge-{run.dataset}",
+        tag=f"knowledge-{run.dataset}" + ("-false" if false_run else ""),
     )
     return [acts[s] for s in sites]
-
-
-def _null_source(ctx: FamilyContext, run: KnowledgeRun) -> list[torch.Tensor]:
-    if ctx.family.has_control:
-        return _source(ctx, run, "control")
-    out = []
-    for layer, acts in enumerate(_source(ctx, run, "base")):
-        n, width, d = acts.shape
-        dirs = random_unit_directions(
-            n * width, d, seed=seed_for(ctx, "knowledge-null", run.dataset, layer),
-            dtype=torch.float32,
-        ).reshape(n, width, d)
-        out.append(dirs * acts.norm(dim=-1, keepdim=True))
-    return out
 
 
 def _visit(ctx: FamilyContext, run: KnowledgeRun, target: str, sources: Sequence[str]) -> None:
@@ -283,8 +297,11 @@ def _visit(ctx: FamilyContext, run: KnowledgeRun, target: str, sources: Sequence
     if not todo and target in run.ld_true:
         return
     backend = ctx.backend(target)
-    # the target's own TRUE activations go to the store while it is loaded (a later source)
+    # the target's own TRUE activations go to the store while it is loaded (a later source),
+    # and its FALSE ones where they are the null of its patches into other models
     own = _source(ctx, run, target) if target in todo or target not in run.ld_true else None
+    if null_source(ctx, target) != NULL:
+        _source(ctx, run, null_source(ctx, target))
     false_prompts = _prompts(ctx, target, run.pset.false_prompts)
     if target not in run.ld_true:
         run.ld_true[target] = clean_logit_diffs(
