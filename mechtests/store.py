@@ -22,11 +22,9 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
-import os
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -36,6 +34,7 @@ import torch
 from filelock import FileLock
 from safetensors.torch import load_file, save_file
 
+from mechtests.checkpoints.atomic import atomic_file, write_file_atomically
 from mechtests.errors import CacheError
 
 _SMALL_FILE = 256 * 2**20  # files below this are hashed whole
@@ -169,15 +168,13 @@ class ActivationStore:
     def _write(
         path: Path, tensors: Mapping[str, torch.Tensor], key_parts: Mapping[str, Any]
     ) -> None:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         meta = {"key": json.dumps(key_parts, sort_keys=True, default=str)}
         try:
-            save_file(
-                {k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), meta
-            )
-            tmp.replace(path)
+            with atomic_file(path) as tmp:
+                save_file(
+                    {k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), meta
+                )
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             raise CacheError(
                 f"cannot write activation cache entry {path} ({exc}). Fix: point "
                 "--mechtests-cache (or MECHTESTS_CACHE) at a writable directory with free space."
@@ -238,14 +235,10 @@ def write_checked(path: Path, value: Any, validate: Validator, what: str) -> Non
     problem = validate(value)
     if problem:
         raise CacheError(f"{what} is not a usable result: {problem}. {_RESULT_FIX}")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(value, allow_nan=False), encoding="utf-8")
-        tmp.replace(path)
+        write_file_atomically(path, json.dumps(value, allow_nan=False))
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
         raise CacheError(
             f"cannot write cache entry {path} ({exc.strerror}). Fix: point --mechtests-cache "
             "(or MECHTESTS_CACHE) at a writable directory with free space."

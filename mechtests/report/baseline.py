@@ -143,9 +143,9 @@ def write_baseline(path: Path, records: Iterable[Mapping[str, Any]],
         "results": dict(sorted(results.items())),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, allow_nan=True) + "\n")
-    tmp.replace(path)
+    from mechtests.checkpoints.atomic import write_file_atomically
+
+    write_file_atomically(path, json.dumps(data, indent=1, allow_nan=True) + "\n")
     return len(results)
 
 

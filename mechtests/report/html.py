@@ -365,7 +365,7 @@ def render_html(records: Sequence[Record], meta: Mapping[str, Any]) -> str:
 def write_html(records: Sequence[Record], meta: Mapping[str, Any], report_dir: Path) -> Path:
     """Write ``claim_matrix.html`` into ``report_dir`` (beside ``claim_matrix.json``)."""
     path = Path(report_dir) / "claim_matrix.html"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(render_html(records, meta), encoding="utf-8")
-    tmp.replace(path)
+    from mechtests.checkpoints.atomic import write_file_atomically
+
+    write_file_atomically(path, render_html(records, meta))
     return path

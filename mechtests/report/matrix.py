@@ -20,6 +20,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from mechtests.checkpoints.atomic import write_file_atomically
+
 Record = Mapping[str, Any]
 PACKAGES = (
     "mechtests",
@@ -240,12 +242,9 @@ def write_matrix(
     ordered = sorted(records, key=lambda r: (r["area"], r["claim_id"], r["family"], r["pair"]))
     json_path = report_dir / "claim_matrix.json"
     md_path = report_dir / "claim_matrix.md"
-    tmp = json_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({**meta, "results": ordered}, indent=2, default=str))
-    tmp.replace(json_path)
-    md_tmp = md_path.with_suffix(".md.tmp")
-    md_tmp.write_text(to_markdown(ordered, meta))
-    md_tmp.replace(md_path)
+    write_file_atomically(json_path, json.dumps({**meta, "results": ordered}, indent=2,
+                                                default=str))
+    write_file_atomically(md_path, to_markdown(ordered, meta))
     from mechtests.report.html import write_html  # claim_matrix.html
 
     return [json_path, md_path, write_html(ordered, meta, report_dir)]
