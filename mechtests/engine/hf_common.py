@@ -17,7 +17,7 @@ import gc
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -25,6 +25,9 @@ from mechtests.engine.archs import ArchSpec, spec_for_model
 from mechtests.engine.backend import Batch, Hook, HookFn, ReadoutWeights
 from mechtests.errors import ConfigError, SiteError
 from mechtests.sites import Site, parse_site
+
+if TYPE_CHECKING:
+    from mechtests.engine.suffix import SuffixPatcher
 
 SiteFns = dict[str, list[HookFn]]
 COLLECT_BYTES = 64 << 20  # release(): full gc.collect from this weight size up
@@ -235,6 +238,14 @@ class HFBackendBase:
                 "use a non-empty readout string (e.g. ' TRUE')."
             )
         return int(ids[-1])
+
+    def suffix_patcher(self) -> SuffixPatcher:
+        """The suffix patching engine on this model (:mod:`mechtests.engine.suffix`), or
+        :class:`~mechtests.engine.suffix.SuffixEngineUnavailable` saying why it does not cover
+        the model."""
+        from mechtests.engine.suffix import hf_suffix_patcher
+
+        return hf_suffix_patcher(self.model)
 
     def release(self) -> None:
         """Drop the weights (and GPU memory) so another model can load. A full garbage

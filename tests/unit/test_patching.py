@@ -8,7 +8,9 @@ from typing import Any
 import pytest
 import torch
 
-from mechtests.methods import patching, patching_suffix, suffix_blocks
+from mechtests.engine.suffix import blocks as suffix_blocks
+from mechtests.engine.suffix import runs as suffix_runs
+from mechtests.methods import patching
 from mechtests.methods.patching import (
     clean_logit_diffs,
     patch_heatmaps,
@@ -142,13 +144,14 @@ def test_a_suffix_engine_that_disagrees_with_the_sweep_is_not_used(
     model: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     src = true_activations(model, _prompts(TRUE), WIDTH)
-    real = patching_suffix.patch_suffix_many
+    real = model.suffix_patcher()
 
-    def broken(*args: Any, **kwargs: Any) -> tuple[list[torch.Tensor], torch.Tensor]:
-        lds, ld_false = real(*args, **kwargs)
-        return [ld + 0.5 for ld in lds], ld_false
+    class Broken:
+        def patch(self, *args: Any, **kwargs: Any) -> tuple[list[torch.Tensor], torch.Tensor]:
+            lds, ld_false = real.patch(*args, **kwargs)
+            return [ld + 0.5 for ld in lds], ld_false
 
-    monkeypatch.setattr(patching_suffix, "patch_suffix_many", broken)
+    monkeypatch.setattr(model, "suffix_patcher", Broken)
     res = patch_heatmaps(model, _prompts(FALSE), src, _readout(model))
     assert res.engine == "sweep"
     assert "disagrees" in res.note
@@ -215,7 +218,7 @@ def test_pair_slices_of_a_small_token_budget_give_the_same_maps(
     widths = [WIDTH, 5, WIDTH]
     src = true_activations(model, true, WIDTH)
     ref = patch_loop(model, false, src, _readout(model), widths)
-    monkeypatch.setattr(patching_suffix, "TOKEN_BUDGET", {"cpu": 1, "cuda": 1})  # one pair a call
+    monkeypatch.setattr(suffix_runs, "TOKEN_BUDGET", {"cpu": 1, "cuda": 1})  # one pair a call
     ld, _ = patch_suffix(model, false, src, _readout(model), widths, max_rows=2)
     torch.testing.assert_close(ld, ref, atol=1e-5, rtol=0, equal_nan=True)
 

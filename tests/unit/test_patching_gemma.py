@@ -18,11 +18,13 @@ from typing import Any
 import pytest
 import torch
 
-from mechtests.methods import patching_suffix, suffix_blocks
+from mechtests.engine.suffix import blocks as suffix_blocks
+from mechtests.engine.suffix import runs as suffix_runs
 from mechtests.methods.patching import (
     patch_heatmaps,
     patch_loop,
     patch_suffix,
+    patch_suffix_many,
     true_activations,
 )
 
@@ -108,8 +110,8 @@ def test_gemma_several_sources_and_small_token_budgets_equal_the_loop(
 ) -> None:
     backend, false, own, readout = case["args"]
     other = true_activations(_gemma(case["arch"], seed=1), _prompts(TRUE), WIDTH)
-    monkeypatch.setattr(patching_suffix, "TOKEN_BUDGET", {"cpu": 1, "cuda": 1})  # one pair a call
-    lds, _ = patching_suffix.patch_suffix_many(backend, false, [own, other], readout, max_rows=1)
+    monkeypatch.setattr(suffix_runs, "TOKEN_BUDGET", {"cpu": 1, "cuda": 1})  # one pair a call
+    lds, _ = patch_suffix_many(backend, false, [own, other], readout, max_rows=1)
     assert _rel_err(lds[0], case["loop"]) <= TOLERANCE
     assert _rel_err(lds[1], patch_loop(backend, false, other, readout)) <= TOLERANCE
 
@@ -134,7 +136,7 @@ def test_each_gemma_feature_changes_the_map_the_engine_must_follow(
     features = {**FEATURES, **(GEMMA2_ONLY if case["arch"] == "gemma2" else GEMMA3_ONLY)}
     real = suffix_blocks.decoder_of
     for name, drop in features.items():
-        monkeypatch.setattr(patching_suffix, "decoder_of", lambda b, drop=drop: drop(real(b)))
+        monkeypatch.setattr(suffix_blocks, "decoder_of", lambda m, drop=drop: drop(real(m)))
         ld, _ = patch_suffix(*case["args"])
         assert _rel_err(ld, case["loop"]) > 100 * TOLERANCE, f"{case['arch']}: {name}"
 

@@ -1,6 +1,6 @@
 """The decoder blocks of the suffix patching engine, per architecture.
 
-:mod:`mechtests.methods.patching_suffix` runs the last ``p`` tokens of many patched sites
+:mod:`mechtests.engine.suffix.runs` runs the last ``p`` tokens of many patched sites
 through lean copies of an HF decoder block, attending to the FALSE run's cached prefix. This
 module is that block, written once for the supported families; their differences are a small
 declarative table (:data:`ARCHS`) read from ``config.model_type``:
@@ -23,7 +23,7 @@ block's output, and the FALSE prompts run through the model's own forward. The l
 norms (Gemma's ``1 + w`` gain included), MLPs and rotary tables are the model's own modules;
 attention is written out (softmax over prefix and suffix scores with one shared maximum, in the
 model's dtype, as HF's eager attention). Anything else raises
-:class:`~mechtests.methods.patching.SuffixEngineUnavailable`.
+:class:`~mechtests.engine.suffix.protocol.SuffixEngineUnavailable`.
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ from typing import Any
 
 import torch
 
-from mechtests.engine.backend import Backend
-from mechtests.methods.patching import SuffixEngineUnavailable
+from mechtests.engine.suffix.protocol import SuffixEngineUnavailable
 
-__all__ = ["ARCHS", "Decoder", "Prefix", "block_forward", "decoder_of", "soft_cap"]
+__all__ = ["ARCHS", "Arch", "Decoder", "Prefix", "block_forward", "decoder_of", "rotary_tables",
+           "soft_cap"]
 
 
 @dataclass(frozen=True)
@@ -79,15 +79,14 @@ class Decoder:
     final_softcap: float | None
 
 
-def decoder_of(backend: Backend) -> Decoder:
-    """The backend's HF decoder, or :class:`SuffixEngineUnavailable` saying why not."""
-    model = getattr(backend, "model", None)
+def decoder_of(model: Any) -> Decoder:
+    """The HF causal LM's decoder, or :class:`SuffixEngineUnavailable` saying why not."""
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
     if model is None or model_type not in ARCHS:
         raise SuffixEngineUnavailable(
-            f"the suffix engine needs an HF {'/'.join(ARCHS)} model behind the hooks "
-            f"backend; got {type(backend).__name__} ({model_type})"
+            f"the suffix engine needs an HF {'/'.join(ARCHS)} model; got "
+            f"{type(model).__name__} ({model_type})"
         )
     arch = ARCHS[str(model_type)]
     if getattr(config, "use_bidirectional_attention", False):

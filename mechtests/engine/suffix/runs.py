@@ -1,10 +1,12 @@
-"""The fast patching engine: suffix re-runs through lean copies of an HF decoder block.
+"""The suffix patching engine on an HF decoder: suffix re-runs through lean copies of its blocks.
 
-See :mod:`mechtests.methods.patching` for the method and the layout. A site ``(l, -p)`` changes
+See :mod:`mechtests.methods.patching` for the method and the heatmap layout, and
+:mod:`mechtests.engine.suffix` for the capability. A site ``(l, -p)`` changes
 nothing below block ``l`` and, with causal attention, nothing before position ``-p``. So the
 FALSE prompts run once with every layer's residual (last ``W`` positions) and key/value cache
 kept; then, for each suffix length ``p``, one sweep up the stack handles every site of that
-column for a whole batch of pairs and every source at once:
+column for a whole batch of pairs and every source at once (:meth:`HFSuffixPatcher.patch`, one
+batch of equal-length FALSE prompts per call):
 
 * block ``b`` runs the sites of layers ``l < b`` together (a site of layer ``b - 1`` joins at
   block ``b``, its hidden state the FALSE residual with position ``-p`` replaced by the
@@ -20,11 +22,12 @@ Work per site: ``p`` tokens through ``L - 2 - l`` blocks and one token through t
 the per-site loop would need if it started at the patched layer and position; the batching
 only changes how many sites share one matrix multiply. The blocks themselves (Llama, Mistral,
 Qwen2, Qwen3, Gemma-2, Gemma-3: sandwich norms, q/k norms, soft-capping, sliding windows) are
-in :mod:`mechtests.methods.suffix_blocks`. The FALSE pass keeps every layer's whole key/value
+in :mod:`mechtests.engine.suffix.blocks`. The FALSE pass keeps every layer's whole key/value
 history (a plain ``DynamicCache``: sliding layers' HF caches would drop old keys) and stops the
 stack before the last block, which runs lean (keys and values of every position, the rest for
 the last one); the readout applies the final logit soft-cap where the config has one. Any
-other backend raises :class:`~mechtests.methods.patching.SuffixEngineUnavailable`, and
+other model raises :class:`~mechtests.engine.suffix.protocol.SuffixEngineUnavailable` (from
+:func:`~mechtests.engine.suffix.blocks.decoder_of`), and
 :func:`~mechtests.methods.patching.patch_heatmaps` uses the protocol-only sweep instead. The
 model is only read: the FALSE pass's hooks are removed in a ``finally``.
 """
@@ -37,26 +40,16 @@ from typing import Any
 
 import torch
 
-from mechtests.engine.backend import Backend
-from mechtests.methods.patching import (
-    Readout,
-    _by_length,
-    _check_sources,
-    _chunks,
-    _ld,
-    _widths,
-)
-from mechtests.methods.suffix_blocks import (
+from mechtests.engine.suffix.blocks import (
     ARCHS,
     Decoder,
     Prefix,
     block_forward,
-    decoder_of,
     rotary_tables,
     soft_cap,
 )
 
-__all__ = ["FAST_TYPES", "patch_suffix", "patch_suffix_many"]
+__all__ = ["FAST_TYPES", "TOKEN_BUDGET", "HFSuffixPatcher"]
 
 FAST_TYPES = tuple(ARCHS)
 # suffix tokens (pairs x sites x p) per block call: bounds the memory of one call. CPU: 2k-64k
@@ -73,73 +66,64 @@ def _kv_of(cache: Any, n_layers: int) -> list[tuple[torch.Tensor, torch.Tensor]]
     return [(k, v) for k, v in cache]
 
 
-def patch_suffix(
-    backend: Backend,
-    false_prompts: Sequence[str],
-    source: Sequence[torch.Tensor],
-    readout: Readout,
-    widths: Sequence[int] | None = None,
-    max_rows: int = 256,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The fast engine for one source: ``(ld [pair, layer, W], ld_false [pair])``."""
-    lds, ld_false = patch_suffix_many(backend, false_prompts, [source], readout, widths,
-                                      max_rows)
-    return lds[0], ld_false
+def _logit_diff(logits: torch.Tensor) -> torch.Tensor:
+    """``logit(t) - logit(f)`` from the readout's two logits ``[..., 2]``, float64 on CPU."""
+    return (logits[..., 0].double() - logits[..., 1].double()).cpu()
 
 
-def patch_suffix_many(
-    backend: Backend,
-    false_prompts: Sequence[str],
-    sources: Sequence[Sequence[torch.Tensor]],
-    readout: Readout,
-    widths: Sequence[int] | None = None,
-    max_rows: int = 256,
-) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """The fast engine (module docstring) for several sources patched into the same FALSE
-    runs: ``([ld [pair, layer, W] per source], ld_false [pair])``. ``max_rows`` caps the pairs
-    per FALSE pass. Raises :class:`SuffixEngineUnavailable` for backends it does not support.
-    """
-    decoder = decoder_of(backend)
-    n_layers = len(decoder.blocks)
-    w = _check_sources(sources, len(false_prompts), n_layers)
-    wids = _widths(len(false_prompts), w, widths)
-    run = _SuffixRun(decoder, readout, backend.device)
-    batch, groups = _by_length(backend, false_prompts)
-    lds = [torch.full((len(false_prompts), n_layers, w), float("nan"), dtype=torch.float64)
-           for _ in sources]
-    ld_false = torch.full((len(false_prompts),), float("nan"), dtype=torch.float64)
-    budget = TOKEN_BUDGET.get(backend.device.type, TOKEN_BUDGET["cpu"])
-    for length, members in groups.items():
-        for chunk in _chunks(members, max_rows):
-            ids = batch.input_ids[list(chunk)][:, -length:].to(backend.device)
-            resid, kv, clean = run.false_pass(ids, w)
-            idx = torch.tensor(list(chunk))
-            ld_false[idx] = clean
-            same = _same_values(sources, idx, resid)
-            # pairs in order of their first column with work: those of column j are a prefix
-            start = _first_active_column(same, [wids[i] for i in chunk])
-            order = torch.argsort(start, stable=True)
-            idx, start, clean = idx[order], start[order], clean[order]
-            same = [[m[order] for m in per_layer] for per_layer in same]
-            first = torch.tensor([w - wids[i] for i in idx.tolist()])  # window's first column
-            on = order.to(backend.device)
-            resid = [r[on] for r in resid]
-            kv = [(k[on], v[on]) for k, v in kv]
-            for j in range(w):
-                n = int((start <= j).sum())
-                idle = (first[n:] <= j).nonzero().flatten() + n  # in the window, all no-ops
-                for ld in lds:
-                    ld[idx[idle], :, j] = clean[idle, None]
-                step = max(1, budget // (len(sources) * max(n_layers - 1, 1) * (w - j)))
-                for a in range(0, n, step):  # pair slices: views, no copies
-                    part = slice(a, min(n, a + step))
-                    run.column(lds, sources, idx[part], j, w, length,
-                               [r[part] for r in resid], [(k[part], v[part]) for k, v in kv],
-                               clean[part], [[m[part, j] for m in ms] for ms in same])
-    return lds, ld_false
+class HFSuffixPatcher:
+    """The suffix engine (module docstring) on one HF decoder: a
+    :class:`~mechtests.engine.suffix.protocol.SuffixPatcher`."""
+
+    def __init__(self, decoder: Decoder) -> None:
+        self.decoder = decoder
+        self.device: torch.device = next(decoder.model.parameters()).device
+
+    def patch(
+        self,
+        false_ids: torch.Tensor,
+        sources: Sequence[Sequence[torch.Tensor]],
+        rows: torch.Tensor,
+        widths: Sequence[int],
+        readout: tuple[int, int],
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """See :meth:`mechtests.engine.suffix.protocol.SuffixPatcher.patch`. One FALSE pass,
+        then one column (suffix length) at a time over the pairs with work there, in slices
+        of :data:`TOKEN_BUDGET` suffix tokens per block call."""
+        n_layers = len(self.decoder.blocks)
+        n, length = false_ids.shape
+        w = int(sources[0][0].shape[1])
+        run = _SuffixRun(self.decoder, readout, self.device)
+        lds = [torch.full((n, n_layers, w), float("nan"), dtype=torch.float64)
+               for _ in sources]
+        budget = TOKEN_BUDGET.get(self.device.type, TOKEN_BUDGET["cpu"])
+        resid, kv, clean = run.false_pass(false_ids.to(self.device), w)
+        ld_false = clean
+        same = _same_values(sources, rows, resid)
+        # pairs in order of their first column with work: those of column j are a prefix
+        start = _first_active_column(same, widths)
+        order = torch.argsort(start, stable=True)
+        local, rows, start, clean = order, rows[order], start[order], clean[order]
+        same = [[m[order] for m in per_layer] for per_layer in same]
+        first = torch.tensor([w - widths[i] for i in order.tolist()])  # window's first column
+        on = order.to(self.device)
+        resid = [r[on] for r in resid]
+        kv = [(k[on], v[on]) for k, v in kv]
+        for j in range(w):
+            active = int((start <= j).sum())
+            idle = (first[active:] <= j).nonzero().flatten() + active  # in the window, no-ops
+            for ld in lds:
+                ld[local[idle], :, j] = clean[idle, None]
+            step = max(1, budget // (len(sources) * max(n_layers - 1, 1) * (w - j)))
+            for a in range(0, active, step):  # pair slices: views, no copies
+                part = slice(a, min(active, a + step))
+                run.column(lds, sources, local[part], rows[part], j, w, length,
+                           [r[part] for r in resid], [(k[part], v[part]) for k, v in kv],
+                           clean[part], [[m[part, j] for m in ms] for ms in same])
+        return lds, ld_false
 
 
-def _same_values(sources: Sequence[Sequence[torch.Tensor]], idx: torch.Tensor,
+def _same_values(sources: Sequence[Sequence[torch.Tensor]], rows: torch.Tensor,
                  resid: list[torch.Tensor]) -> list[list[torch.Tensor]]:
     """``[source][layer]``: bool ``[pair, W]`` (CPU), where the source's value equals the FALSE
     run's bit for bit (a no-op patch: self-patching before the first differing token). A layer
@@ -149,32 +133,34 @@ def _same_values(sources: Sequence[Sequence[torch.Tensor]], idx: torch.Tensor,
     for src in sources:
         per_layer = []
         for layer, false in enumerate(resid):
-            value = src[layer][idx]
+            value = src[layer][rows]
             kept = false.shape[1]
             equal = (value[:, -kept:].to(false.device, false.dtype) == false).all(-1).cpu()
-            pad = torch.ones(len(idx), value.shape[1] - kept, dtype=torch.bool)
+            pad = torch.ones(len(rows), value.shape[1] - kept, dtype=torch.bool)
             per_layer.append(torch.cat([pad, equal], 1))
         out.append(per_layer)
     return out
 
 
-def _first_active_column(same: list[list[torch.Tensor]], wids: Sequence[int]) -> torch.Tensor:
+def _first_active_column(same: list[list[torch.Tensor]], widths: Sequence[int]
+                         ) -> torch.Tensor:
     """Per pair, the first column of its window where some source's value differs from the
     FALSE run's at some layer; the window width ``W`` where none does."""
     width = same[0][0].shape[1]
-    active = torch.zeros(len(wids), width, dtype=torch.bool)
+    active = torch.zeros(len(widths), width, dtype=torch.bool)
     for per_layer in same:
         for equal in per_layer:
             active |= ~equal
     cols = torch.arange(width)
-    active &= cols[None] >= torch.tensor([width - w for w in wids])[:, None]
+    active &= cols[None] >= torch.tensor([width - w for w in widths])[:, None]
     return torch.where(active, cols[None], width).amin(1)
 
 
 class _SuffixRun:
     """One target model's suffix runs: the FALSE pass of a chunk, then one column at a time."""
 
-    def __init__(self, decoder: Decoder, readout: Readout, device: torch.device) -> None:
+    def __init__(self, decoder: Decoder, readout: tuple[int, int], device: torch.device
+                 ) -> None:
         self.decoder, self.device = decoder, device
         self.stack, self.blocks = decoder.stack, decoder.blocks
         head = decoder.head
@@ -244,19 +230,19 @@ class _SuffixRun:
         """``LD`` from final-normed hidden states ``[..., d]`` (the final logit soft-cap
         applied, as the model's head does)."""
         logits = torch.nn.functional.linear(normed, self.readout_w, self.readout_b)
-        return _ld(soft_cap(logits, self.decoder.final_softcap).float(), (0, 1))
+        return _logit_diff(soft_cap(logits, self.decoder.final_softcap).float())
 
     def column(self, lds: list[torch.Tensor], sources: Sequence[Sequence[torch.Tensor]],
-               idx: torch.Tensor, j: int, width: int, length: int, resid: list[torch.Tensor],
-               kv: list[tuple[torch.Tensor, torch.Tensor]], clean: torch.Tensor,
-               noop: list[list[torch.Tensor]]) -> None:
-        """Fill ``ld[idx, :, j]`` of every source for the pairs ``idx`` (their residuals, cache
-        and clean LD sliced alike); ``noop[source][layer]`` marks the pairs whose patch at
-        column ``j`` changes nothing."""
+               idx: torch.Tensor, rows: torch.Tensor, j: int, width: int, length: int,
+               resid: list[torch.Tensor], kv: list[tuple[torch.Tensor, torch.Tensor]],
+               clean: torch.Tensor, noop: list[list[torch.Tensor]]) -> None:
+        """Fill ``ld[idx, :, j]`` of every source for the pairs ``idx`` (``rows`` along the
+        sources' pair axis; their residuals, cache and clean LD sliced alike);
+        ``noop[source][layer]`` marks the pairs whose patch at column ``j`` changes nothing."""
         last = len(self.blocks) - 1
         p = width - j  # suffix length: the patched token and everything after it
         prefix_len = length - p
-        values = [[src[layer][idx, j].to(self.device, resid[layer].dtype) for layer in
+        values = [[src[layer][rows, j].to(self.device, resid[layer].dtype) for layer in
                    range(last + 1)] for src in sources]
         # what is there: cells of the last layer at non-final positions (the last block cannot
         # reach the last token) and sites whose every pair is a no-op (not computed below)
