@@ -3,6 +3,7 @@ engine and the sweep equal the per-site loop."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -138,6 +139,48 @@ def test_architectures_the_engine_does_not_know_fall_back_to_the_sweep(
     torch.testing.assert_close(res.ld, patch_loop(*args), atol=1e-5, rtol=0)
     with pytest.raises(patching.SuffixEngineUnavailable):
         patch_heatmaps(*args, engine="suffix")
+
+
+class _ProtocolOnly:
+    """The backend protocol's patching half and nothing else: no ``suffix_patcher()``."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.name, self.n_layers, self.d_model = inner.name, inner.n_layers, inner.d_model
+        self.device, self.dtype, self.tokenizer = inner.device, inner.dtype, inner.tokenizer
+
+    def tokenize(self, prompts: Any, add_special_tokens: bool = True) -> Any:
+        return self.inner.tokenize(prompts, add_special_tokens)
+
+    def forward(self, batch: Any, hooks: Any = (), last_only: bool = False) -> torch.Tensor:
+        return self.inner.forward(batch, hooks, last_only)  # type: ignore[no-any-return]
+
+
+def test_a_backend_that_does_not_offer_the_suffix_engine_gets_the_sweep(model: Any) -> None:
+    src = true_activations(model, _prompts(TRUE[:1]), WIDTH)
+    args = (_ProtocolOnly(model), _prompts(FALSE[:1]), src, _readout(model))
+    res = patch_heatmaps(*args)
+    assert res.engine == "sweep"
+    assert "_ProtocolOnly" in res.note
+    torch.testing.assert_close(res.ld, patch_loop(model, *args[1:]), atol=1e-5, rtol=0)
+    with pytest.raises(patching.SuffixEngineUnavailable, match="suffix_patcher"):
+        patch_heatmaps(*args, engine="suffix")
+
+
+def test_the_transformer_lens_bridge_offers_the_suffix_engine_too(tmp_path: Path) -> None:
+    from mechtests.engine import load_backend
+    from mechtests.engine.tiny import build_vocab, resolve
+
+    bridge = load_backend(resolve("llama/base", tmp_path), device="cpu",
+                          backend="transformer-lens")
+    words = [w for w in build_vocab() if w.isalpha() and w.islower()][:10]
+    true = [" ".join(words[:6]), " ".join(words[1:7])]
+    false = [" ".join(words[2:8]), " ".join(words[3:9])]
+    src = true_activations(bridge, true, 4)
+    args = (bridge, false, src, (bridge.token_id(" " + words[0]), bridge.token_id(" " + words[1])))
+    res = patch_heatmaps(*args)
+    assert res.engine == "suffix", res.note
+    torch.testing.assert_close(res.ld, patch_loop(*args), atol=1e-5, rtol=0)
 
 
 def test_a_suffix_engine_that_disagrees_with_the_sweep_is_not_used(
