@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from mechtests import bench_phases
 from mechtests.bench_phases import PHASES, PhaseRecorder
 
 
@@ -17,18 +17,47 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def test_nested_phase_time_is_charged_to_the_inner_phase_only() -> None:
+class _FakeClock:
+    """Stands in for the ``time`` module of bench_phases: wall and CPU time move only when the
+    test advances them, so phase accounting is checked exactly, without sleeping."""
+
+    def __init__(self) -> None:
+        self.wall, self.cpu = 1000.0, 50.0
+
+    def perf_counter(self) -> float:
+        return self.wall
+
+    def process_time(self) -> float:
+        return self.cpu
+
+    def advance(self, wall: float, cpu: float) -> None:
+        self.wall += wall
+        self.cpu += cpu
+
+
+def test_nested_phase_time_is_charged_to_the_inner_phase_only(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = _FakeClock()
+    monkeypatch.setattr(bench_phases, "time", clock)
     rec = PhaseRecorder(torch.device("cpu"))
+    clock.advance(7.0, 7.0)  # before start(): charged to nothing
     rec.start()
     with rec.phase("activation collection"):
-        time.sleep(0.05)
+        clock.advance(0.05, 0.04)
         with rec.phase("load"):
-            time.sleep(0.1)
+            clock.advance(0.1, 0.08)
+        clock.advance(0.02, 0.01)
+    clock.advance(0.3, 0.2)
     rec.finish()
-    outer, inner = rec.stats["activation collection"].seconds, rec.stats["load"].seconds
-    assert 0.09 <= inner < 0.3
-    assert 0.04 <= outer < 0.09  # the load's 0.1 s is not in the collection's time
-    assert rec.stats["load"].peak_bytes > 0
+    stats = rec.stats
+    assert stats["load"].seconds == pytest.approx(0.1)
+    # the load's 0.1 s is not in the collection's time
+    assert stats["activation collection"].seconds == pytest.approx(0.07)
+    assert stats["other"].seconds == pytest.approx(0.3)
+    assert stats["load"].cpu_seconds == pytest.approx(0.08)
+    assert stats["activation collection"].cpu_seconds == pytest.approx(0.05)
+    assert (stats["activation collection"].calls, stats["load"].calls) == (1, 1)
+    assert stats["load"].peak_bytes > 0
     assert rec.stats["activation collection"].peak_bytes >= rec.stats["load"].peak_bytes
 
 

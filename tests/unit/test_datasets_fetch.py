@@ -276,7 +276,7 @@ def test_the_shipped_manifest_pins_every_file_the_suite_reads() -> None:
         assert entry.build or pinned_commit.match(entry.url or ""), entry.path
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason=f"the paper's reference data is absent ({SHARED})")
+@pytest.mark.paper_data
 def test_the_shipped_manifest_matches_the_reference_copies_of_the_paper_data(
         tmp_path: Path) -> None:
     for entry in load_manifest():

@@ -139,7 +139,7 @@ def test_organism_cities_pair_by_country_with_one_subject_column() -> None:
             last_word(f.split("\n")[-1][: -len(" this statement is :")])
 
 
-@pytest.mark.skipif(not (SHARED / "cities.csv").is_file(), reason="../shared/datasets absent")
+@pytest.mark.paper_data("du2025/cities.csv")
 def test_paper_cities_with_a_bpe_tokenizer_find_the_papers_layout() -> None:
     """A byte-level BPE trained here stands in for Llama-3's: the derived template is
     ``BOS The city of <city> is in <country> .`` as in patching_process_data.py."""

@@ -88,8 +88,7 @@ def test_template_without_instruction_field_is_a_config_error() -> None:
         format_prompts("User: {prompt}", ["x"])
 
 
-@pytest.mark.skipif(not (SHARED / "refusal_splits").is_dir(),
-                    reason="../shared/datasets (the paper's data) is absent in this checkout")
+@pytest.mark.paper_data("refusal_splits", "advbench", "alpaca")
 def test_reimplemented_split_reproduces_the_published_refusal_splits() -> None:
     rebuilt = build_paper_splits(SHARED / "advbench" / "harmful_behaviors.csv",
                                  SHARED / "alpaca" / "alpaca_no_input.json")

@@ -108,8 +108,7 @@ def test_steering_is_reused_from_the_disk_cache_without_loading_a_model(
                                    torch.from_numpy(run.result.false_add["base"]))
 
 
-@pytest.mark.skipif(not (SHARED_DATASETS / "du2025").is_dir(),
-                    reason=f"the paper's datasets are absent ({SHARED_DATASETS})")
+@pytest.mark.paper_data("du2025")
 def test_paper_truth_datasets_run_through_the_probe_pipeline_on_the_tiny_family(
     root: Path,
 ) -> None:

@@ -82,8 +82,7 @@ def test_build_queries_reproduces_the_paper_prepare_data() -> None:
     assert len({q.split("\n")[0] for q in queries}) > 1  # shuffled per statement
 
 
-@pytest.mark.skipif(not (SHARED_DATASETS / "du2025").is_dir(),
-                    reason=f"the paper's datasets are absent ({SHARED_DATASETS})")
+@pytest.mark.paper_data("du2025")
 def test_every_paper_truth_dataset_loads_with_balanced_labels_and_few_shot_prompts() -> None:
     source = DatasetSource("paper", SHARED_DATASETS)
     for name in PAPER_TRUTH_DATASETS + tuple(f"neg_{n}" for n in PAPER_TRUTH_DATASETS):

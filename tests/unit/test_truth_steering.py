@@ -91,7 +91,7 @@ def test_zero_denominator_gives_nan_not_an_exception() -> None:
     assert math.isnan(intervention_effect(-1.0, -1.0, 0.0, 0.5).true_to_false)
 
 
-@pytest.mark.skipif(not RECORD.is_file(), reason=f"paper output record absent ({RECORD})")
+@pytest.mark.paper_data("du2025_outputs/label_change_intervention_results.json")
 def test_intervention_effect_reproduces_the_paper_codes_stored_record() -> None:
     """Our IE on the paper's Llama-3.1-8B run (the paper repository's
     label_change_intervention_results.json).
