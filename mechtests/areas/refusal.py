@@ -18,6 +18,12 @@ once per phase. Every measurement carries a control:
 * R5: the gap left by the post model's own direction re-estimated on half the prompts.
 * R6: the post model's own direction (the transfer must leave much more refusal than it).
 
+The ablation claims (R3, R6, R8) also report ``random_ablation_kept``: the share of the
+intervened model's harmful refusals that a random direction ablated at every layer leaves.
+Where the all-layer projection itself wrecks the model (Gemma-3-270M: a random direction removes
+every refusal and the generations turn to noise), no ablation can be read as removing refusal;
+``thresholds.yaml`` makes that a precondition, so such a cell is INCONCLUSIVE, not a FAIL.
+
 Intervals are percentile bootstraps over prompts
 (:func:`mechtests.methods.stats.bootstrap_interval`), paired where two conditions share the
 prompts. Both refusal scorers are recorded (claim param ``scorer`` picks the judged one:
@@ -51,7 +57,7 @@ if TYPE_CHECKING:
     from mechtests.claims.model import Claim
     from mechtests.context import FamilyContext
 
-__all__ = ["refusal_directions"]
+__all__ = ["random_ablation_kept", "refusal_directions"]
 
 N_BOOT = 1000
 HARMFUL, HARMLESS = "harmful_test", "harmless_test"
@@ -71,6 +77,16 @@ def _nulls(ctx: FamilyContext, model: str) -> dict[str, str]:
 
 def _rate(ctx: FamilyContext, model: str, cond: Condition, scorer: str) -> float:
     return float(flags(ctx, model, cond, scorer).mean())
+
+
+def random_ablation_kept(ctx: FamilyContext, model: str, scorer: str) -> float:
+    """Share of ``model``'s refusals on the harmful test prompts that survive ablating a random
+    unit direction at every layer (NaN when it refuses none): near 1 when the all-layer
+    projection leaves the model intact, near 0 when the projection itself wrecks it (then no
+    ablation, the refusal direction's included, can be read as removing refusal)."""
+    before = _rate(ctx, model, Condition("baseline", HARMFUL), scorer)
+    after = _rate(ctx, model, Condition("ablation", HARMFUL, "random"), scorer)
+    return after / before if before > 0 else float("nan")
 
 
 def _ratio(after: np.ndarray, before: np.ndarray) -> Callable[[np.ndarray], float]:
@@ -225,6 +241,7 @@ def own_ablation(ctx: FamilyContext, claim: Claim, pair: tuple[str, str]) -> Mea
         ctx, post, lambda s: _rate(ctx, post, Condition("ablation", HARMFUL, s), scorer), False)
     extra: dict[str, Any] = {
         "baseline": _rate(ctx, post, Condition("baseline", HARMFUL), scorer), "nulls": found,
+        "random_ablation_kept": random_ablation_kept(ctx, post, scorer),
         "samples": _samples(ctx, post, Condition("ablation", HARMFUL, post))}
     if claim.params.get("sweep"):
         from mechtests.areas.refusal_select import sweep
@@ -284,6 +301,7 @@ def forward_ablation(ctx: FamilyContext, claim: Claim, pair: tuple[str, str]) ->
                          (own_ratio, "the post model's own direction"), len(base), {
                              "baseline": float(denom), "transferred": float(moved.mean()),
                              "own": float(own.mean()),
+                             "random_ablation_kept": random_ablation_kept(ctx, post, scorer),
                              "samples": _samples(ctx, post, Condition("ablation", HARMFUL, ref))})
 
 
@@ -324,6 +342,7 @@ def backward_ablation(ctx: FamilyContext, claim: Claim, pair: tuple[str, str]) -
     null, label, found = _hardest_null(ctx, ref, ratio_of, False)
     extra: dict[str, Any] = {"baseline": denom, "transferred": float(moved.mean()),
                              "nulls": found,
+                             "random_ablation_kept": random_ablation_kept(ctx, ref, scorer),
                              "samples": _samples(ctx, ref, Condition("ablation", HARMFUL, post))}
     if denom == 0:
         extra["note"] = f"{ref} refuses none of the harmful test prompts: nothing to ablate"

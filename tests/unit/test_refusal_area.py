@@ -142,3 +142,11 @@ def test_conditions_cover_own_transferred_random_and_control_directions(workdir:
     for src in ("instruct", "base", "random", "control", "half:instruct"):
         assert f"ablation/{src}/harmful_test" in names
         assert f"addition/{src}/harmless_test" in names
+
+
+def test_the_ablation_claims_report_what_a_random_ablation_leaves(measured: dict) -> None:
+    for key, m in measured.items():
+        if key[0] in ("refusal.ablation.own_post", "refusal.forward.ablation",
+                      "refusal.backward.ablation"):
+            kept = m.details["random_ablation_kept"]
+            assert math.isnan(kept) or kept >= 0.0, key
