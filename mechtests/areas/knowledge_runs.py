@@ -27,9 +27,10 @@ The cross-model control source of a patch ``a -> b`` is :func:`null_source` ``(c
   what the claims must beat. Columns before the first TRUE/FALSE difference get the same values
   as ``a -> b`` (the prompts agree there). Norm-matched random activations are no null here:
   on Gemma-3-270M (residual norms up to about 1,600) random vectors of those norms gave
-  ``Rk(random -> post) / Rk(post -> post) = 29.7``, against 0.94 for the base's TRUE ones. A different pair's TRUE prompt
-  (resample ablation) is no null either: every TRUE statement says "this is true" at its
-  object and last tokens, so it restores TRUE where the real patch does.
+  ``Rk(random -> post) / Rk(post -> post) = 29.7``, against 0.94 for the base's TRUE ones.
+  A different pair's TRUE prompt (resample ablation) is no null either: every TRUE statement
+  says "this is true" at its object and last tokens, so it restores TRUE where the real patch
+  does.
 
 Few-shot lines come from ``du2025/few_shot_samples.json``; a dataset without an entry (the
 organism's ``tulu_extracted``) uses two TRUE and two FALSE statements of its own, left out of the
