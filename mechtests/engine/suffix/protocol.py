@@ -17,7 +17,8 @@ class SuffixEngineUnavailable(MechTestsError):
 
 
 class SuffixPatcher(Protocol):
-    """Patching heatmaps of equal-length FALSE prompts by suffix re-runs (module docstring)."""
+    """Patching heatmaps of equal-length FALSE prompts by suffix re-runs
+    (:mod:`mechtests.engine.suffix`)."""
 
     def patch(
         self,
