@@ -6,6 +6,7 @@
     mechtests organism build ...       train the organism family (base, SFT, instruct, control)
     mechtests validate [--mutants A,B] claims on known-answer mutants: expected vs observed
     mechtests datasets fetch [--dest]  download the paper's datasets, checked by sha256
+    mechtests calibrate --model-family F  choose F's refusal site and coefficients (training data)
 
 ``mechtests run`` passes every argument on to pytest, so all plugin options work, e.g.
 ``mechtests run --model-family tiny -n 2``. Its exit status is pytest's: non-zero when a claim
@@ -78,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     from mechtests.data.fetch import add_datasets_subparser
 
     add_datasets_subparser(sub)
+    from mechtests.areas.refusal_calibrate import add_calibrate_subparser
+
+    add_calibrate_subparser(sub)
     try:
         from mechtests.organism.cli import add_subparser
     except ImportError:  # organism package not available
@@ -103,6 +107,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from mechtests.data.fetch import run_datasets
 
         return run_datasets(args)
+    if args.command == "calibrate":
+        from mechtests.areas.refusal_calibrate import run_calibrate
+
+        return run_calibrate(args)
     if args.command == "report":
         from mechtests.report.cli import run_report
 

@@ -9,18 +9,16 @@ claims are scored on:
   leave-one-dataset-out accuracy of the mass-mean probe over the five training datasets (base);
   ``truth.intervene_layer``: the earliest block within 0.05 of that accuracy (at most
   ``probe_layer - 1`` so the steering span has two layers, as the paper's 8..12).
-* ``refusal.layer`` and position: for each block input (``resid_pre``, layers >= 1; layer 0 is
-  the embedding, where every prompt's last token is the same) and position -1 / -2, the
-  instruct model's difference-of-means direction from ``harmful_train_128`` minus
-  ``harmless_train_128``; directional ablation (every layer, pre/mid/post) on 32 training
-  harmful requests; the site with the lowest refusal after ablation wins (ties: the later
-  layer).
-* ``refusal.addition_coefs``: per role, the smallest coefficient of a grid for which adding the
-  role's own unit direction at the chosen layer (pre/mid/post, as the paper) makes >= 0.9 of 32
-  training harmless requests refused, each role in its own template from families.yaml (the
-  bases in the guard-story frame, the post-trained roles in the chat template); roles that
-  never refuse within the grid get the instruct coefficient. ``subtraction_coef`` = the
-  instruct coefficient. The site sweep runs the instruct model in its chat template.
+* ``refusal.layer``, position and coefficients: the rule every family shares
+  (:mod:`mechtests.areas.refusal_calibrate`, also ``mechtests calibrate``) with the organism's
+  absolute coefficient grid ``COEF_GRID``. On the organism a random direction ablated at every
+  layer leaves the instruct model's refusals in place, so the site is the one whose direction,
+  ablated at every layer (pre/mid/post), leaves the lowest refusal on 32 training harmful
+  requests (layers >= 1, positions -1 / -2; ties: the later layer); per role, the smallest grid
+  coefficient whose addition of the role's own unit direction at that layer (pre/mid/post)
+  makes >= 0.9 of 32 training harmless requests refused, each role in its own template from
+  families.yaml (the bases in the guard-story frame, the post-trained roles in the chat
+  template). ``subtraction_coef`` = the instruct coefficient.
 
 Run: ``python -m mechtests.organism.calibrate DIR`` (DIR holds base/sft/instruct/control).
 """
@@ -34,6 +32,7 @@ from typing import Any
 
 import torch
 
+from mechtests.areas.refusal_calibrate import CalibrationRule
 from mechtests.organism import gates
 from mechtests.organism.corpus import REFUSAL_PREFIXES
 from mechtests.organism.gates import TRAIN_DATASETS
@@ -42,6 +41,8 @@ DATASETS = Path(__file__).resolve().parents[1] / "fixtures" / "organism" / "data
 COEF_GRID = (1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0)
 N_EVAL = 32
 KINDS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post")
+ORGANISM_RULE = CalibrationRule(coef_grid=COEF_GRID, relative_grid=False, positions=(-1, -2),
+                                n_eval=N_EVAL, max_new_tokens=4, target_rate=0.9)
 
 
 def truth_layers(path: Path) -> dict[str, Any]:
@@ -79,11 +80,6 @@ def _prompts(items: list[str], template: str) -> list[str]:
     return [template.format(instruction=i) for i in items]
 
 
-def _rate(backend: Any, prompts: list[str], hooks: list[Any]) -> float:
-    outs = backend.generate(prompts, max_new_tokens=4, hooks=hooks)
-    return sum(o.strip().startswith(REFUSAL_PREFIXES) for o in outs) / len(outs)
-
-
 def _direction(backend: Any, layer: int, pos: int, harmful: list[str],
                harmless: list[str], template: str) -> torch.Tensor:
     site = f"blocks.{layer}.hook_resid_pre"
@@ -92,46 +88,43 @@ def _direction(backend: Any, layer: int, pos: int, harmful: list[str],
     return a.mean(0) - b.mean(0)
 
 
+def _rate(backend: Any, prompts: list[str], hooks: list[Any]) -> float:
+    outs = backend.generate(prompts, max_new_tokens=4, hooks=hooks)
+    return sum(_is_refusal(o) for o in outs) / len(outs)
+
+
+def _is_refusal(text: str) -> bool:
+    return text.strip().startswith(REFUSAL_PREFIXES)
+
+
 def refusal_site(root: Path) -> dict[str, Any]:
-    """Ablation sweep on the instruct model and addition coefficients per role."""
+    """The shared refusal rule (:func:`mechtests.areas.refusal_calibrate.calibrate_refusal`)
+    with the organism's absolute grid, on the checkpoints under ``root``."""
+    from mechtests.areas.refusal_calibrate import TrainingRequests, calibrate_refusal
     from mechtests.engine import load_backend
-    from mechtests.methods.interventions import ablation_hooks, addition_hooks
 
     sp = _splits()
-    harmful, harmless = sp["harmful_train_128"], sp["harmless_train_128"]
-    templates = _templates()
-    chat = templates["instruct"]
-    inst = load_backend(root / "instruct", device="cpu")
-    eval_harmful = _prompts(harmful[::4][:N_EVAL], chat)
-    sweep = []
-    for layer in range(1, inst.n_layers):
-        for pos in (-1, -2):
-            r = _direction(inst, layer, pos, harmful, harmless, chat)
-            rate = _rate(inst, eval_harmful, ablation_hooks(r, inst.n_layers, KINDS))
-            sweep.append({"layer": layer, "pos": pos, "ablated_refusal": rate})
-    best = min(sweep, key=lambda s: (s["ablated_refusal"], -s["layer"], -s["pos"]))
-    layer, pos = int(best["layer"]), int(best["pos"])
-    inst.release()
-    coefs: dict[str, Any] = {}
-    for role in ("instruct", "sft", "base", "control"):
-        backend = load_backend(root / role, device="cpu")
-        r = _direction(backend, layer, pos, harmful, harmless, templates[role])
-        role_harmless = _prompts(harmless[::4][:N_EVAL], templates[role])
-        baseline = _rate(backend, role_harmless, [])
-        found = None
-        rates = {}
-        for c in COEF_GRID:
-            rates[c] = _rate(backend, role_harmless, addition_hooks(r, layer, c, KINDS))
-            if rates[c] >= 0.9:
-                found = c
-                break
-        coefs[role] = {"coef": found, "baseline": baseline, "rates": rates}
-        backend.release()
-    inst_coef = coefs["instruct"]["coef"] or COEF_GRID[-1]
-    chosen = {role: (v["coef"] or inst_coef) for role, v in coefs.items()}
-    return {"sweep": sweep, "layer": layer, "position": pos, "addition": coefs,
-            "addition_coefs": chosen, "subtraction_coef": inst_coef,
-            "heldout_report": _heldout(root, layer, pos, chosen["instruct"])}
+    data = TrainingRequests(tuple(sp["harmful_train_128"]), tuple(sp["harmless_train_128"]),
+                            _templates())
+    loaded: dict[str, Any] = {}
+
+    def load(role: str) -> Any:
+        if role not in loaded:
+            for backend in loaded.values():
+                backend.release()
+            loaded.clear()
+            loaded[role] = load_backend(root / role, device="cpu")
+        return loaded[role]
+
+    try:
+        result = calibrate_refusal(load, ("instruct", "sft", "base", "control"), "instruct", data,
+                                   ORGANISM_RULE, KINDS, _is_refusal)
+    finally:
+        for backend in loaded.values():
+            backend.release()
+    result["heldout_report"] = _heldout(root, result["layer"], result["position"],
+                                        result["addition_coefs"]["instruct"])
+    return result
 
 
 def _heldout(root: Path, layer: int, pos: int, coef: float) -> dict[str, float]:
