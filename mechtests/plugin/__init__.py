@@ -1,10 +1,13 @@
 """The mechtests pytest plugin: options, parametrization, recording and the claim matrix.
 
 Loaded through the ``pytest11`` entry point, so an installed mechtests gives its options and
-fixtures to any test suite. Import-light on purpose: ``pytest --help`` and ``--collect-only``
-never import torch (models load inside fixtures and measure functions).
+fixtures to any test suite. Import-light and lazy on purpose: ``pytest --help`` and
+``--collect-only`` never import torch (models load inside fixtures and measure functions), and a
+pytest run that neither sets a mechtests option nor targets the claim suite nor collects a
+claim test reads no YAML at all: the state (families, claims, thresholds) is built on first use.
 
-Flow: ``pytest_configure`` validates the options (an unknown family is a ``UsageError``);
+Flow: ``pytest_configure`` validates the options when the run asks for mechtests (an unknown
+family is a ``UsageError``);
 ``pytest_generate_tests`` parametrizes every test that takes ``claim_case`` over
 (family, model pair, claim), sorted, with strict xfails from ``thresholds.yaml``; the
 ``claim_runner`` fixture measures and judges; results ride on ``user_properties`` to the xdist
@@ -31,6 +34,9 @@ if TYPE_CHECKING:
 OPT_FAMILY = "--model-family"
 REPORT_FILES = ("claim_matrix.json", "claim_matrix.md", "claim_matrix.html")
 _STATE = pytest.StashKey["_State"]()
+# option name -> default, filled by pytest_addoption: an option away from its default means the
+# run asks for mechtests (see _requested)
+OPTION_DEFAULTS: dict[str, Any] = {}
 
 
 class ClaimFailed(AssertionError):
@@ -45,7 +51,7 @@ class ClaimInconclusive(Exception):
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     # Help-text style: what it does, then "Default: ...". Every option of the group has one.
-    group = parser.getgroup("mechtests", "mechtests: post-training claim tests")
+    group = _RecordingGroup(parser.getgroup("mechtests", "mechtests: post-training claim tests"))
     group.addoption(OPT_FAMILY, action="append", default=None, metavar="NAME",
                     help="Model family to test; repeat for several (see families.yaml: organism, "
                          "tiny, llama31, mistral, llama2-13b, llama2-7b, gemma2-9b, qwen15-0.5b). "
@@ -107,8 +113,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "starts visible GPUs // K workers. Default: 1.")
 
 
+class _RecordingGroup:
+    """An option group that also records each option's default in :data:`OPTION_DEFAULTS`."""
+
+    def __init__(self, group: Any) -> None:
+        self.group = group
+
+    def addoption(self, name: str, **kwargs: Any) -> None:
+        default = kwargs.get("default", False if kwargs.get("action") == "store_true" else None)
+        OPTION_DEFAULTS[name] = default
+        self.group.addoption(name, **kwargs)
+
+
 class _State:
-    """Per-process plugin state."""
+    """Per-process plugin state (families, claims, thresholds, records); built on first use
+    (:func:`plugin_state`)."""
 
     def __init__(self, config: pytest.Config) -> None:
         from mechtests.claims.table import load_claims
@@ -165,26 +184,53 @@ class _State:
         return self.runner
 
 
+def plugin_state(config: pytest.Config) -> _State:
+    """This process's state, built on first use; a configuration error is a ``UsageError``."""
+    state = config.stash.get(_STATE, None)
+    if state is None:
+        try:
+            state = _State(config)
+        except ConfigError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        config.stash[_STATE] = state
+    return state
+
+
+def _requested(config: pytest.Config) -> bool:
+    """Whether the run asks for mechtests up front: a mechtests option away from its default,
+    or the claim suite among its targets. Otherwise the state waits for a claim test."""
+    from mechtests.preflight import targets_claim_suite
+
+    given = any(config.getoption(name) != default for name, default in OPTION_DEFAULTS.items())
+    return given or targets_claim_suite(config.args)
+
+
+def _selected_family_names(config: pytest.Config) -> list[str]:
+    """The families this run names (no file read: the scheduler only needs their names)."""
+    state = config.stash.get(_STATE, None)
+    return list(state.families) if state else sorted(set(config.getoption(OPT_FAMILY) or
+                                                         ["organism"]))
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "claim(id): a mechtests claim test (added automatically)")
     if config.getoption("help", False):
         return
-    try:
-        state = _State(config)
-    except ConfigError as exc:
-        raise pytest.UsageError(str(exc)) from None
-    config.stash[_STATE] = state
-    if not hasattr(config, "workerinput"):  # the controller (or a run without xdist)
-        config.pluginmanager.register(Recorder(state), "mechtests-recorder")
+    controller = not hasattr(config, "workerinput")  # the controller, or a run without xdist
+    state = plugin_state(config) if _requested(config) else None
+    if controller:
+        recorder = Recorder(peek=lambda: config.stash.get(_STATE, None),
+                            load=lambda: plugin_state(config))
+        config.pluginmanager.register(recorder, "mechtests-recorder")
         _one_line_failures(config)
     # ---- worker GPU pinning + family scheduling, Allure attachments, baseline gate
     from mechtests.plugin.xdist import register_xdist
     from mechtests.report.allure import register_allure
     from mechtests.report.baseline import register_baseline
 
-    register_xdist(config, state.families)
+    register_xdist(config, lambda: _selected_family_names(config))
     register_allure(config)
-    if not hasattr(config, "workerinput"):
+    if controller and state is not None:  # --baseline is an option: given, the state is built
         register_baseline(config, state)
 
 
@@ -250,7 +296,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     from mechtests.runner import ClaimCase
 
-    state: _State = metafunc.config.stash[_STATE]
+    state = plugin_state(metafunc.config)
     params = []
     for name, family in sorted(state.families.items()):
         for claim in state.claims:
@@ -269,8 +315,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture(scope="session")
 def claim_runner(request: pytest.FixtureRequest) -> Any:
     """The per-process claim runner (one loaded model at a time). Read-only use only."""
-    state: _State = request.config.stash[_STATE]
-    runner = state.make_runner(request.config)
+    runner = plugin_state(request.config).make_runner(request.config)
     yield runner
     runner.close()
 

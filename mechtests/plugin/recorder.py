@@ -5,6 +5,7 @@ run stopped early."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -13,18 +14,33 @@ RECORD_KEY = "mechtests_claim"
 
 
 class Recorder:
-    """Collects claim records (also from xdist workers) and writes the matrix on the controller."""
+    """Collects claim records (also from xdist workers) and writes the matrix on the controller.
 
-    def __init__(self, state: Any) -> None:
-        self.state = state
+    The plugin state is reached lazily: ``peek()`` gives it when it exists (else None), and
+    ``load()`` builds it; it is built only when a claim test is collected or reports a record,
+    so a run without claim tests never reads the suite's YAML files."""
+
+    def __init__(self, peek: Callable[[], Any], load: Callable[[], Any]) -> None:
+        self._peek = peek
+        self._load = load
+
+    @property
+    def state(self) -> Any:
+        """The plugin state (built on first access)."""
+        return self._load()
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
-        if not session.config.getoption("collectonly"):
-            self.state.expected = sum(_is_claim_test(item.nodeid) for item in session.items)
+        if session.config.getoption("collectonly"):
+            return
+        claims = sum(_is_claim_test(item.nodeid) for item in session.items)
+        if claims or self._peek() is not None:
+            self.state.expected = claims
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
-        self.state.expected = max(self.state.expected or 0, sum(map(_is_claim_test, ids)))
+        claims = sum(map(_is_claim_test, ids))
+        if claims or self._peek() is not None:
+            self.state.expected = max(self.state.expected or 0, claims)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when != "call" and not (report.when == "setup" and report.skipped):
@@ -40,6 +56,8 @@ class Recorder:
             self.state.records.append(record)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self._peek() is None:
+            return
         reason = self.state.incomplete
         if self.state.records:
             from mechtests.report.cards import format_gates, read_cards
@@ -62,6 +80,8 @@ class Recorder:
                 red=True, bold=True)
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self._peek() is None:
+            return
         self.state.incomplete = incomplete_reason(session, self.state)
         if not self.state.records:
             return

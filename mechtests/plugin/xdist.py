@@ -38,7 +38,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -207,11 +207,17 @@ def family_pattern(families: Iterable[str], roles: Iterable[str]) -> re.Pattern[
 class XdistSupport:
     """Controller-side xdist hooks (registered by the plugin only when xdist is active)."""
 
-    def __init__(self, config: pytest.Config, families: dict[str, Any]) -> None:
+    def __init__(self, config: pytest.Config, family_names: Callable[[], Iterable[str]]) -> None:
         self.config = config
-        roles = {role for fam in families.values() for role in fam.models}
-        self.pattern = family_pattern(families, roles or {"base", "sft", "instruct"})
+        self.family_names = family_names  # asked when the scheduler is made, not before
         self._gpus: list[str] | None = None
+
+    @property
+    def pattern(self) -> re.Pattern[str]:
+        """Matches the claim tests of the run's families (any model role)."""
+        from mechtests.families.model import ROLE_ORDER
+
+        return family_pattern(self.family_names(), ROLE_ORDER)
 
     def gpus(self) -> list[str]:
         if self._gpus is None:
@@ -285,10 +291,11 @@ def scope_of(nodeid: str, pattern: re.Pattern[str]) -> str:
     return nodeid
 
 
-def register_xdist(config: pytest.Config, families: dict[str, Any]) -> None:
+def register_xdist(config: pytest.Config, family_names: Callable[[], Iterable[str]]) -> None:
     """Worker: apply the controller's GPU / thread choice. Controller (xdist loaded):
-    register :class:`XdistSupport` (node setup, family scheduler, header line)."""
+    register :class:`XdistSupport` (node setup, family scheduler, header line);
+    ``family_names`` is asked for the run's families when the scheduler is made."""
     if hasattr(config, "workerinput"):
         pin_worker(config)
     elif config.pluginmanager.hasplugin("xdist"):
-        config.pluginmanager.register(XdistSupport(config, families), "mechtests-xdist")
+        config.pluginmanager.register(XdistSupport(config, family_names), "mechtests-xdist")

@@ -1,27 +1,45 @@
-"""The plugin's options: validation, help text, and staying import-light."""
+"""The plugin's options: validation, help text, and staying import-light and lazy."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-OPTIONS = (
-    "--model-family",
-    "--families-file",
-    "--thresholds",
-    "--base",
-    "--sft",
-    "--instruct",
-    "--mechtests-device",
-    "--mechtests-dtype",
-    "--mechtests-backend",
-    "--mechtests-cache",
-    "--mechtests-datasets",
-    "--claim-report",
-    "--max-examples",
-)
+from mechtests import plugin
+
+
+class _RecordingParser:
+    """Stands in for pytest's parser and its groups: keeps every long option name added."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def getgroup(self, *args: Any, **kwargs: Any) -> _RecordingParser:
+        return self
+
+    def addoption(self, *names: str, **kwargs: Any) -> None:
+        self.names.extend(name for name in names if name.startswith("--"))
+
+    def addini(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+def _registered_options() -> list[str]:
+    parser = _RecordingParser()
+    plugin.pytest_addoption(parser)  # type: ignore[arg-type]
+    return parser.names
+
+
+OPTIONS = _registered_options()
+
+
+def test_the_option_list_is_read_from_the_plugin() -> None:
+    assert {"--model-family", "--claim-report", "--max-examples", "--baseline"} <= set(OPTIONS)
+    assert len(OPTIONS) == len(set(OPTIONS))
 
 
 def test_unknown_family_is_usage_error(pytester: pytest.Pytester) -> None:
@@ -51,6 +69,26 @@ def test_help_and_collection_do_not_import_torch(args: list[str]) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.stdout.strip().endswith("NO-TORCH"), out.stdout[-2000:] + out.stderr[-2000:]
+
+
+def test_a_run_in_an_unrelated_project_imports_no_torch_and_reads_no_yaml(
+        tmp_path: Path) -> None:
+    (tmp_path / "test_plain.py").write_text("def test_addition():\n    assert 1 + 1 == 2\n")
+    code = (
+        "import sys, pytest\n"
+        "opened = []\n"
+        "sys.addaudithook(lambda event, args: opened.append(str(args[0])) "
+        "if event == 'open' else None)\n"
+        "code = pytest.main(['-q', '-p', 'no:cacheprovider', 'test_plain.py'])\n"
+        "yaml = [p for p in opened if p.endswith(('.yaml', '.yml'))]\n"
+        "print('RESULT', int(code), 'mechtests.plugin' in sys.modules, "
+        "'torch' in sys.modules, yaml)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                         text=True, check=False)
+    result = [line for line in out.stdout.splitlines() if line.startswith("RESULT")]
+    # exit code 0, the plugin loaded (entry point), no torch, no YAML file opened
+    assert result == ["RESULT 0 True False []"], out.stdout[-2000:] + out.stderr[-2000:]
 
 
 def test_a_bad_thresholds_file_is_usage_error(pytester: pytest.Pytester) -> None:
