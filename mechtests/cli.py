@@ -36,8 +36,11 @@ def _families(families_file: str | None) -> int:
     from pathlib import Path
 
     from mechtests.families import load_families
+    from mechtests.families.shape import LAYERS_ENV, parse_shape_layers
 
-    for name, fam in sorted(load_families(Path(families_file) if families_file else None).items()):
+    depth = parse_shape_layers(os.environ.get(LAYERS_ENV))  # as a pytest run would cut them
+    families = load_families(Path(families_file) if families_file else None, depth)
+    for name, fam in sorted(families.items()):
         print(f"{name}: {fam.description}")
         for role, spec in fam.models.items():
             print(f"    {role:9s} {spec.ref}")
