@@ -114,6 +114,7 @@ TARGETS = (
     Target("mechtests.methods.entropy_neurons:select_entropy_neurons", "entropy neurons"),
     Target("mechtests.methods.confidence:neuron_means", "entropy neurons"),
     Target("mechtests.methods.confidence:ablation_entropies", "entropy neurons"),
+    Target("mechtests.methods.confidence:ablation_entropies_many", "entropy neurons"),
     Target("mechtests.methods.stats:bootstrap_interval", "bootstrap",
            lambda a, k, _r: int(_arg(a, k, 1, "n_boot") or 1000)),
     Target("mechtests.report.plots_knowledge:plot_heatmaps", "plots"),

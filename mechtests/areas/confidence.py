@@ -224,7 +224,7 @@ def _readout(ctx: FamilyContext, role: str) -> FinalReadout:
 
 def _ablations(ctx: FamilyContext, role: str, prompts: Sequence[str],
                sets: dict[str, tuple[int, ...]], batch_size: int) -> dict[str, AblationEntropies]:
-    from mechtests.methods.confidence import ablation_entropies, neuron_means
+    from mechtests.methods.confidence import ablation_entropies_many, neuron_means
 
     digest = zlib.crc32("\0".join(prompts).encode())
     key = f"confidence.ablation:{role}:{digest}:{sorted(sets.items())}"
@@ -237,11 +237,8 @@ def _ablations(ctx: FamilyContext, role: str, prompts: Sequence[str],
         union = sorted({i for s in sets.values() for i in s})
         means = neuron_means(backend, texts, union, batch_size=batch_size)
         where = {n: j for j, n in enumerate(union)}
-        return {
-            name: ablation_entropies(backend, texts, list(s), readout, batch_size=batch_size,
-                                     means=means[[where[i] for i in s]])
-            for name, s in sets.items()
-        }
+        plans = {name: (list(s), means[[where[i] for i in s]]) for name, s in sets.items()}
+        return ablation_entropies_many(backend, texts, plans, readout, batch_size=batch_size)
 
     return ctx.memo(key, compute)
 

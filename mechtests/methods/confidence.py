@@ -19,7 +19,8 @@ with the mean-ablation of Stolfo et al. 2024 (bpwu1/confidence-regulation-neuron
 Logits are recomputed from the captured final residual by :class:`FinalReadout` (final norm,
 unembedding, optional soft-capping) for clean, total and direct alike, so the three are
 comparable; :attr:`AblationEntropies.readout_error` records how far the recomputed clean logits
-are from the backend's own (a plumbing check).
+are from the backend's own at each prompt's last position (a plumbing check). Only the kept
+positions are unembedded, a block of rows at a time.
 
 Example:
     >>> logits = torch.zeros(1, 2, 4)
@@ -30,7 +31,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +42,8 @@ __all__ = [
     "AblationEntropies",
     "FinalReadout",
     "ablation_entropies",
+    "ablation_entropies_many",
+    "kept_entropies",
     "mean_entropy",
     "neuron_means",
     "token_entropy",
@@ -167,6 +170,28 @@ def _per_prompt(entropy: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return e.sum(dim=1) / keep.sum(dim=1).clamp(min=1)
 
 
+READOUT_BYTES = 64 << 20
+"""Largest block of logits :func:`kept_entropies` materialises at once (rows x vocabulary)."""
+
+
+def kept_entropies(readout: FinalReadout, x: torch.Tensor, keep: torch.Tensor,
+                   scale: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`token_entropy` of ``readout.logits(x, scale)`` ``[batch, pos]`` at the ``keep``
+    positions, zero elsewhere. Only kept rows are unembedded, a block of rows at a time, so the
+    full ``[batch, pos, vocab]`` logits (1.3 GB for 16 prompts of 80 tokens at a 262k
+    vocabulary) are never built."""
+    out = torch.zeros(keep.shape, dtype=torch.float32)
+    rows = x[keep]
+    frozen = None if scale is None else scale[keep]
+    step = max(1, READOUT_BYTES // (4 * int(readout.unembed.shape[0])))
+    parts = [token_entropy(readout.logits(rows[i : i + step],
+                                          None if frozen is None else frozen[i : i + step]))
+             for i in range(0, int(rows.shape[0]), step)]
+    if parts:
+        out[keep] = torch.cat(parts).float().cpu()
+    return out
+
+
 def ablation_entropies(
     backend: Backend,
     prompts: Sequence[str],
@@ -183,14 +208,32 @@ def ablation_entropies(
     ``total == direct == clean``. ``skip_first`` drops the first real positions of each prompt
     (position 0 predicts the first word from ``<bos>`` alone).
     """
-    post_site, resid_site = _sites(backend)
-    idx = torch.as_tensor(list(neurons), dtype=torch.long)
+    idx = list(neurons)
     if means is None:
-        means = (neuron_means(backend, prompts, neurons, batch_size=batch_size,
-                              skip_first=skip_first) if len(idx) else torch.zeros(0))
+        means = (neuron_means(backend, prompts, idx, batch_size=batch_size,
+                              skip_first=skip_first) if idx else torch.zeros(0))
+    return ablation_entropies_many(backend, prompts, {"": (idx, means)}, readout,
+                                   batch_size=batch_size, skip_first=skip_first)[""]
+
+
+def ablation_entropies_many(
+    backend: Backend,
+    prompts: Sequence[str],
+    sets: Mapping[str, tuple[Sequence[int], torch.Tensor]],
+    readout: FinalReadout,
+    *,
+    batch_size: int = 16,
+    skip_first: int = 1,
+) -> dict[str, AblationEntropies]:
+    """:func:`ablation_entropies` for several ``name -> (neurons, means)`` sets sharing one
+    clean pass per batch. The clean pass reads the backend's logits at the last position only
+    (the readout check); ablated passes stop after the last block (no unembedding)."""
+    post_site, resid_site = _sites(backend)
+    plans = {name: (torch.as_tensor(list(neurons), dtype=torch.long), means)
+             for name, (neurons, means) in sets.items()}
     clean_all: list[torch.Tensor] = []
-    total_all: list[torch.Tensor] = []
-    direct_all: list[torch.Tensor] = []
+    total_all: dict[str, list[torch.Tensor]] = {name: [] for name in plans}
+    direct_all: dict[str, list[torch.Tensor]] = {name: [] for name in plans}
     error = 0.0
     n_tokens = 0
     for start in range(0, len(prompts), batch_size):
@@ -198,32 +241,34 @@ def ablation_entropies(
         keep = _real_positions(batch, skip_first).cpu()
         n_tokens += int(keep.sum())
         seen: dict[str, torch.Tensor] = {}
-        logits = backend.forward(batch, hooks=[(resid_site, _recorder(seen, "clean"))]).cpu()
+        last = backend.forward(batch, hooks=[(resid_site, _recorder(seen, "clean"))],
+                               last_only=True).cpu()
         x_clean = seen["clean"]
-        mask = batch.attention_mask.bool().cpu()
-        clean_logits = readout.logits(x_clean)
-        error = max(error, float((clean_logits - logits)[mask].abs().max()))
-        clean_h = token_entropy(clean_logits)
-        if len(idx):
-            backend.forward(batch, hooks=[(post_site, _ablator(idx, means)),
-                                          (resid_site, _recorder(seen, "ablated"))])
-            x_abl = seen["ablated"]
-            total_h = token_entropy(readout.logits(x_abl))
-            direct_h = token_entropy(readout.logits(x_abl, scale=readout.scale(x_clean)))
-        else:
-            total_h = direct_h = clean_h
-        clean_all.append(_per_prompt(clean_h, keep))
-        total_all.append(_per_prompt(total_h, keep))
-        direct_all.append(_per_prompt(direct_h, keep))
-    return AblationEntropies(
-        clean=torch.cat(clean_all),
-        total=torch.cat(total_all),
-        direct=torch.cat(direct_all),
-        means=means.to(torch.float64),
-        neurons=tuple(int(i) for i in idx),
-        readout_error=error,
-        n_tokens=n_tokens,
-    )
+        error = max(error, float((readout.logits(x_clean[:, -1:]) - last).abs().max()))
+        clean = _per_prompt(kept_entropies(readout, x_clean, keep), keep)
+        clean_all.append(clean)
+        for name, (idx, means) in plans.items():
+            if not len(idx):
+                total_all[name].append(clean)
+                direct_all[name].append(clean)
+                continue
+            x_abl = backend.cache(batch, [resid_site], None,
+                                  hooks=[(post_site, _ablator(idx, means))])[resid_site]
+            total_all[name].append(_per_prompt(kept_entropies(readout, x_abl, keep), keep))
+            direct_all[name].append(_per_prompt(
+                kept_entropies(readout, x_abl, keep, readout.scale(x_clean)), keep))
+    return {
+        name: AblationEntropies(
+            clean=torch.cat(clean_all),
+            total=torch.cat(total_all[name]),
+            direct=torch.cat(direct_all[name]),
+            means=means.to(torch.float64),
+            neurons=tuple(int(i) for i in idx),
+            readout_error=error,
+            n_tokens=n_tokens,
+        )
+        for name, (idx, means) in plans.items()
+    }
 
 
 def mean_entropy(values: torch.Tensor) -> float:

@@ -33,10 +33,18 @@ soft-capping (Gemma-2) are not centred: TransformerLens turns ``center_unembed``
 scale-invariant per column, but the gain rotates the columns and the centring shifts them, so
 the two variants can select different neurons.
 
-Memory: the cosine matrix ``d_mlp x vocab`` (7.4 GB in fp32 for Llama-3.1-8B) is never built.
-The vocabulary is processed in chunks of ``chunk_size`` columns; each chunk's mean and sum of
-squared deviations are merged in float64 (Chan et al.'s parallel variance), so the extra memory
-is the normalised ``W_out`` in ``compute_dtype`` plus a few ``d_mlp x chunk_size`` blocks.
+Cost and memory: the cosine matrix ``d_mlp x vocab`` (7.4 GB in fp32 for Llama-3.1-8B) is never
+built. With ``û_v = u_v / |u_v|`` and ``ŵ_i = w_i / |w_i|``, the variance needs only the
+vocabulary's Gram matrix ``G = sum_v û_v û_v^T`` (``d x d``) and sum ``s = sum_v û_v``::
+
+    LogitVar_i = (ŵ_i^T G ŵ_i - (ŵ_i . s)^2 / V) / (V - 1)
+
+The vocabulary is processed in chunks of ``chunk_size`` rows, each chunk's ``û^T û`` computed in
+``compute_dtype`` and summed in float64, after subtracting the first chunk's mean ``û`` from
+every ``û`` (the variance does not change; the cancellation does, when the mean cosine is large
+against its spread); this costs ``V d^2`` multiply-adds instead of
+``V d d_mlp`` (3.2x fewer for Gemma-3-270M and 3.5x for Llama-3.1-8B). On Gemma-3-270M it
+agrees with the per-cosine two-pass variance to 1e-7 relative, with the same neuron order.
 
 Example:
     >>> g = torch.Generator().manual_seed(0)
@@ -72,7 +80,7 @@ __all__ = [
     "select_entropy_neurons",
 ]
 
-DEFAULT_CHUNK = 1024  # vocabulary columns per chunk (8B shape: 414 MiB extra peak)
+DEFAULT_CHUNK = 1024  # vocabulary rows per chunk (8B shape: 16 MiB copy + 128 MiB Gram matrix)
 
 
 @dataclass(frozen=True)
@@ -149,7 +157,7 @@ def logit_var(
     (``[d_model]``) is folded in as ``u_v = g * E[v]``; ``center_unembed`` subtracts the vocabulary
     mean of the (folded) columns; ``norm_kind="layernorm"`` also centres columns and writing
     weights over ``d_model`` (TransformerLens ``fold_ln`` + ``center_writing_weights``). Matrix
-    products run in ``compute_dtype``; chunk statistics are merged in float64.
+    products run in ``compute_dtype``; the Gram matrix is summed in float64.
     """
     if w_out.ndim != 2 or unembed.ndim != 2 or w_out.shape[0] != unembed.shape[1]:
         raise ValueError(
@@ -171,9 +179,10 @@ def logit_var(
         if norm_kind == "layernorm":
             mean = mean - mean.mean()
         shift = mean.to(compute_dtype)
-    count = 0
-    mean_acc = torch.zeros(w.shape[0], dtype=torch.float64, device=device)
-    m2_acc = torch.zeros_like(mean_acc)
+    d = int(unembed.shape[1])
+    gram = torch.zeros(d, d, dtype=torch.float64, device=device)
+    total = torch.zeros(d, dtype=torch.float64, device=device)
+    pilot: torch.Tensor | None = None
     for start in range(0, vocab, chunk_size):
         u = unembed[start : start + chunk_size].to(dtype=compute_dtype, copy=True)  # [c, d]
         if g is not None:
@@ -183,18 +192,16 @@ def logit_var(
         if shift is not None:
             u.sub_(shift)
         u.div_(u.norm(dim=1, keepdim=True))
-        cos = (w @ u.t()).to(torch.float64)  # [d_mlp, c]; the fp32 product is freed at once
+        if pilot is None:  # variance is shift-invariant: centre on the first chunk's mean
+            pilot = u.mean(dim=0)
+        u.sub_(pilot)
+        gram += (u.t() @ u).to(torch.float64)
+        total += u.to(torch.float64).sum(dim=0)
         del u
-        n_c = int(cos.shape[1])
-        mean_c = cos.mean(dim=1)
-        m2_c = cos.sub_(mean_c[:, None]).pow_(2).sum(dim=1)
-        del cos
-        total = count + n_c
-        delta = mean_c - mean_acc
-        m2_acc += m2_c + delta.pow(2) * (count * n_c / total)
-        mean_acc += delta * (n_c / total)
-        count = total
-    return (m2_acc / (count - 1)).cpu()
+    w64 = w.to(torch.float64)
+    squares = ((w64 @ gram) * w64).sum(dim=1)  # sum_v (cos_{i,v} - pilot_i)^2
+    sums = w64 @ total  # sum_v (cos_{i,v} - pilot_i)
+    return ((squares - sums * sums / vocab) / (vocab - 1)).cpu()
 
 
 def neuron_stats_from(

@@ -13,6 +13,8 @@ from mechtests.engine.backend import Backend
 from mechtests.methods.confidence import (
     FinalReadout,
     ablation_entropies,
+    ablation_entropies_many,
+    kept_entropies,
     neuron_means,
     token_entropy,
 )
@@ -133,3 +135,37 @@ def test_softcap_bounds_the_logits() -> None:
     readout = FinalReadout(torch.eye(2) * 100, torch.ones(2), None, eps=0.0, softcap=30.0)
     assert float(readout.logits(torch.tensor([[1.0, -1.0]])).abs().max()) <= 30.0
 
+
+
+def test_sets_sharing_one_clean_pass_equal_one_run_per_set(
+    tiny: tuple[Backend, FinalReadout],
+) -> None:
+    backend, readout = tiny
+    sets = {"a": [1, 4, 9], "b": [2, 3], "none": []}
+    means = {name: neuron_means(backend, PROMPTS, s, batch_size=3) if s else torch.zeros(0)
+             for name, s in sets.items()}
+    many = ablation_entropies_many(backend, PROMPTS, {n: (s, means[n]) for n, s in sets.items()},
+                                   readout, batch_size=3)
+    for name, neurons in sets.items():
+        one = ablation_entropies(backend, PROMPTS, neurons, readout, means=means[name],
+                                 batch_size=3)
+        for field in ("clean", "total", "direct"):
+            assert torch.equal(getattr(many[name], field), getattr(one, field)), (name, field)
+        assert many[name].neurons == tuple(neurons)
+
+
+def test_entropies_of_kept_rows_in_small_blocks_equal_the_whole_readout(
+    tiny: tuple[Backend, FinalReadout], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import mechtests.methods.confidence as confidence
+
+    backend, readout = tiny
+    batch = backend.tokenize(PROMPTS)
+    last = backend.n_layers - 1
+    x = backend.cache(batch, [f"blocks.{last}.hook_resid_post"])[f"blocks.{last}.hook_resid_post"]
+    keep = batch.attention_mask.bool()
+    keep[:, -1] = False  # an excluded real position stays zero
+    want = token_entropy(readout.logits(x)) * keep
+    monkeypatch.setattr(confidence, "READOUT_BYTES", 4 * int(readout.unembed.shape[0]) * 3)
+    got = kept_entropies(readout, x, keep)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
