@@ -60,6 +60,17 @@ def _with_first(output: Any, new: torch.Tensor) -> Any:
     return (new, *output[1:]) if isinstance(output, tuple) else new
 
 
+def window_covers(config: Any, length: int) -> bool:
+    """Whether every layer of ``config`` attends to all of ``length`` tokens: full attention
+    everywhere, or a sliding window longer than the sequence. Then the window never cuts a key
+    and HF's sliding-layer cache keeps (and crops) every position like a full one; Gemma-3's
+    window of 512 covers every prompt of the claim suite."""
+    if full_attention(config):
+        return True
+    window = getattr(config, "sliding_window", None)
+    return isinstance(window, int) and length < window
+
+
 def _registration_order(site: str) -> tuple[int, int]:
     parsed = parse_site(site)
     return parsed.layer, _ORDER[parsed.kind]
@@ -147,10 +158,12 @@ class HooksBackend(HFBackendBase):
         before the last ``suffix`` go through the model without hooks, keeping their keys and
         values; each variant then runs only the last ``suffix`` tokens with its hooks (which
         see ``[batch, suffix, d]``, so negative positions index as in a full forward) and the
-        cache is cut back to the prefix. Models with sliding-window layers take the plain path.
+        cache is cut back to the prefix. Models whose sliding window is shorter than the batch
+        take the plain path (:func:`window_covers`).
         """
         length = int(batch.input_ids.shape[1])
-        if not 0 < suffix < length or not full_attention(self.model.config) or not variants:
+        if not 0 < suffix < length or not window_covers(self.model.config, length) \
+                or not variants:
             return super().forward_variants(batch, variants, suffix)
         pos = self.position_ids(batch)
         cut = length - suffix
@@ -161,7 +174,8 @@ class HooksBackend(HFBackendBase):
         with torch.no_grad():
             first = self.model(input_ids=batch.input_ids[:, :cut],
                                attention_mask=batch.attention_mask[:, :cut],
-                               position_ids=pos[:, :cut], use_cache=True)
+                               position_ids=pos[:, :cut], use_cache=True,
+                               logits_to_keep=1)  # its logits are not read
             cache = getattr(first, "cache", None) or first.past_key_values
             for hooks in variants:
                 with self._installed(self._site_fns(hooks), None):

@@ -39,7 +39,7 @@ from mechtests.methods.directions import cosine
 from mechtests.methods.stats import bootstrap_interval
 
 if TYPE_CHECKING:
-    from mechtests.engine.backend import Backend, Hook
+    from mechtests.engine.backend import Backend, Batch, Hook
 
 __all__ = [
     "Candidate",
@@ -215,14 +215,39 @@ class Selection:
     skipped: tuple[tuple[int, int], ...] = field(default_factory=tuple)
 
 
-def _last_logits(
-    backend: Backend, prompts: Sequence[str], hooks: Sequence[Hook], batch_size: int
-) -> torch.Tensor:
-    parts = []
-    for start in range(0, len(prompts), batch_size):
-        batch = backend.tokenize(prompts[start : start + batch_size])
-        parts.append(backend.forward(batch, hooks, last_only=True)[:, -1, :].float().cpu())
-    return torch.cat(parts)
+LENGTH_BATCH = 8
+"""Prompts per forward in the selection sweep: sorted by length, so a batch pads little (the
+sweep's prompts vary 2x in length; one batch of 32 spent a third of its tokens on padding)."""
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """A tokenized batch and the indices of its prompts in the caller's list."""
+
+    batch: Batch
+    index: list[int]
+
+
+def _length_batches(backend: Backend, prompts: Sequence[str], batch_size: int) -> list[_Rows]:
+    """``prompts`` tokenized in batches of similar length, in sorted order (see
+    :func:`_last_logits` for the order back); each row's logits do not depend on its batch
+    (left padding with position ids), up to float rounding."""
+    lengths = [len(ids) for ids in backend.tokenizer(list(prompts))["input_ids"]]
+    order = sorted(range(len(prompts)), key=lambda i: (lengths[i], i))
+    size = max(1, min(batch_size, LENGTH_BATCH))
+    return [_Rows(backend.tokenize([prompts[i] for i in order[k : k + size]]),
+                  order[k : k + size]) for k in range(0, len(order), size)]
+
+
+def _last_logits(backend: Backend, batches: Sequence[_Rows],
+                 hooks: Sequence[Hook]) -> torch.Tensor:
+    """Last-position float32 logits of every prompt of ``batches``, in the original order."""
+    parts, index = [], []
+    for rows in batches:
+        parts.append(backend.forward(rows.batch, hooks, last_only=True)[:, -1, :].float().cpu())
+        index.extend(rows.index)
+    out = torch.cat(parts)
+    return out[torch.as_tensor(index).argsort()]
 
 
 def select_direction(
@@ -247,9 +272,10 @@ def select_direction(
     """
     from mechtests.methods.interventions import ablation_hooks, addition_hooks
 
-    base_harmful = refusal_logodds(
-        _last_logits(backend, harmful_prompts, (), batch_size), refusal_token_ids)
-    base_harmless_logits = _last_logits(backend, harmless_prompts, (), batch_size)
+    harmful = _length_batches(backend, harmful_prompts, batch_size)
+    harmless = _length_batches(backend, harmless_prompts, batch_size)
+    base_harmful = refusal_logodds(_last_logits(backend, harmful, ()), refusal_token_ids)
+    base_harmless_logits = _last_logits(backend, harmless, ())
     base_harmless = refusal_logodds(base_harmless_logits, refusal_token_ids)
     n_layers = backend.n_layers
     limit = int(n_layers * (1.0 - prune_layer_fraction))
@@ -257,11 +283,11 @@ def select_direction(
     for (layer, pos), diff in sorted(candidates.items()):
         ablate = ablation_hooks(unit(diff), n_layers)
         kl = float(kl_last(base_harmless_logits,
-                           _last_logits(backend, harmless_prompts, ablate, batch_size)).mean())
-        abl = float(refusal_logodds(_last_logits(backend, harmful_prompts, ablate, batch_size),
+                           _last_logits(backend, harmless, ablate)).mean())
+        abl = float(refusal_logodds(_last_logits(backend, harmful, ablate),
                                     refusal_token_ids).mean())
         add = addition_hooks(diff, layer, 1.0, ("hook_resid_pre",), normalise=False)
-        steer = float(refusal_logodds(_last_logits(backend, harmless_prompts, add, batch_size),
+        steer = float(refusal_logodds(_last_logits(backend, harmless, add),
                                       refusal_token_ids).mean())
         reasons = []
         if any(np.isnan(x) for x in (kl, abl, steer)):

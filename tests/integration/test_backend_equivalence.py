@@ -131,6 +131,35 @@ def test_variants_sharing_a_prefix_equal_one_forward_each(pair: tuple[Backend, B
             torch.testing.assert_close(g, w, atol=ATOL, rtol=0)
 
 
+def test_a_sliding_window_longer_than_the_batch_still_runs_the_prefix_once(
+    pair: tuple[Backend, Backend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Gemma-2's 128-token window covers the test prompts, so the hooks backend keeps its
+    prefix cache there; Gemma-3's 4-token window does not, so it takes one forward each."""
+    from mechtests.engine.hf_backend import window_covers
+    from mechtests.methods.steering import addition_hooks
+
+    hf = pair[0]
+    batch = hf.tokenize(PROMPTS[:2] + PROMPTS[3:])
+    covered = window_covers(hf.model.config, int(batch.input_ids.shape[1]))  # type: ignore[attr-defined]
+    if hf.model.config.model_type == "gemma2":  # type: ignore[attr-defined]
+        assert covered
+    if hf.model.config.model_type == "gemma3_text":  # type: ignore[attr-defined]
+        assert not covered
+    if not covered:
+        return
+    v = offset(hf.d_model)
+    variants = [[], addition_hooks([site_name(0, "hook_resid_post")], [-1], v, 2.0)]
+    want = [hf.forward(batch, hooks, last_only=True)[:, -1] for hooks in variants]
+
+    def plain_path(*_: Any) -> Any:
+        raise AssertionError("took one forward per variant")
+
+    monkeypatch.setattr(HFBackendBase, "forward_variants", plain_path)
+    for g, w in zip(hf.forward_variants(batch, variants, suffix=1), want):
+        torch.testing.assert_close(g, w, atol=ATOL, rtol=0)
+
+
 def test_resid_mid_edit_reaches_the_residual_stream(pair: tuple[Backend, Backend]) -> None:
     for backend in pair:
         batch = backend.tokenize(PROMPTS)

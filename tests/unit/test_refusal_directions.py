@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -74,3 +76,22 @@ def test_refusal_logodds_and_kl_use_the_last_position_distribution() -> None:
     assert refusal_logodds(logits, [0]).item() == pytest.approx(expected, abs=1e-6)
     assert kl_last(logits, logits).item() == pytest.approx(0.0, abs=1e-9)
     assert kl_last(logits, torch.tensor([[5.0, 0.0, 0.0, 0.0]])).item() > 0.1
+
+
+def test_sweep_logits_come_back_in_prompt_order_whatever_the_length_batches(
+    tmp_path: Path,
+) -> None:
+    from mechtests.engine import load_backend
+    from mechtests.engine.tiny import resolve
+    from mechtests.methods.refusal import _last_logits, _length_batches
+
+    backend = load_backend(resolve("llama/instruct", tmp_path), device="cpu")
+    prompts = [" ".join(["word"] * n) for n in (9, 2, 5, 1, 7, 3, 12, 4, 6, 2, 8)]
+    batches = _length_batches(backend, prompts, batch_size=32)
+    assert len(batches) == 2  # sorted by length, 8 per forward
+    lengths = [int(rows.batch.attention_mask.sum(1).max()) for rows in batches]
+    assert lengths == sorted(lengths)
+    got = _last_logits(backend, batches, ())
+    want = torch.cat([backend.forward(backend.tokenize([p]), last_only=True)[:, -1]
+                      for p in prompts])
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
