@@ -7,7 +7,8 @@ The verdict, in this order:
       experiment had no power to decide, e.g. the model's own steering vector does not steer
       it); the reason names the check and the measured number;
     * FAIL when the metric does not beat its control by ``control_margin`` in the claim's
-      direction (a point comparison);
+      direction (a point comparison), unless its interval still reaches both the threshold and
+      the control plus its margin: then the sample cannot tell, and the cell is INCONCLUSIVE;
     * with an interval (and ``uses_interval``): PASS when the judged bound (lower for ``>=``,
       upper for ``<=``) clears the threshold, FAIL when the other bound misses it too (the whole
       interval is on the failing side), INCONCLUSIVE when the interval contains the threshold
@@ -147,6 +148,20 @@ def judge(measurement: Measurement, spec: ThresholdSpec) -> Judgement:
     caveat = measurement.details.get("caveat")
     if isinstance(caveat, str) and caveat:
         reasons.append(caveat)  # e.g. a dataset left out because it cannot decide the claim
+    if not control_ok and from_interval and measurement.control is not None \
+            and spec.control is not None:
+        lo, hi = (float(x) for x in measurement.interval or (bound, bound))
+        if geq:
+            needed = max(spec.value, measurement.control + spec.control.margin)
+            reachable, best, side = hi >= needed, hi, ">="
+        else:
+            needed = min(spec.value, measurement.control - spec.control.margin)
+            reachable, best, side = lo <= needed, lo, "<="
+        if reachable:  # the point misses the control's margin, the interval does not
+            reasons[0] = (f"interval [{_fmt(lo)}, {_fmt(hi)}] reaches {_fmt(best)} {side} "
+                          f"{_fmt(needed)} (the threshold and the control's margin), so the "
+                          "missed control margin is not decided")
+            return Judgement(Verdict.INCONCLUSIVE, "; ".join(reasons), bound, checks, power)
     if control_ok and power is not None and not power.decided:
         assert measurement.interval is not None
         lo, hi = measurement.interval

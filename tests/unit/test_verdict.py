@@ -65,9 +65,23 @@ def test_a_decided_interval_reports_its_half_width_beside_the_distance() -> None
     assert result.power.decided
 
 
-def test_a_failed_control_decides_even_when_the_interval_contains_the_threshold() -> None:
+def test_a_failed_control_decides_when_the_interval_cannot_reach_the_control_margin() -> None:
     result = judge(Measurement(0.82, 0.7, "ctl", interval=(0.7, 0.9)), HIGH)
     assert result.verdict is Verdict.FAIL
+
+
+def test_a_missed_control_margin_is_inconclusive_when_the_interval_reaches_it() -> None:
+    result = judge(Measurement(0.82, 0.7, "ctl", interval=(0.6, 1.2)), HIGH)
+    assert result.verdict is Verdict.INCONCLUSIVE
+    assert "not decided" in result.message
+
+
+def test_a_missed_control_margin_on_a_lower_is_better_claim_follows_the_same_rule() -> None:
+    low = ThresholdSpec("x.y.low", "<=", 0.5, ControlRule(0.3), "test")
+    assert judge(Measurement(0.4, 0.6, "ctl", interval=(0.35, 0.45)), low).verdict \
+        is Verdict.FAIL
+    assert judge(Measurement(0.4, 0.6, "ctl", interval=(0.1, 0.7)), low).verdict \
+        is Verdict.INCONCLUSIVE
 
 
 OWN = Precondition("own_ie", ">=", 0.1, "own-vector steering works", "test")
