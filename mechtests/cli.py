@@ -19,6 +19,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from mechtests.bench import add_bench_subparser, run_bench
 
@@ -29,6 +30,10 @@ def _run(pytest_args: Sequence[str]) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     args = ["--pyargs", "mechtests.suite", "-p", "no:cacheprovider", "-q", *pytest_args]
+    if not any(str(a).startswith("--rootdir") for a in pytest_args):
+        # test ids read mechtests/suite/test_claims.py::... wherever the datasets or reports
+        # live (pytest would otherwise root them at the common ancestor of path arguments)
+        args.append(f"--rootdir={Path(__file__).resolve().parent.parent}")
     return int(pytest.main(args))
 
 

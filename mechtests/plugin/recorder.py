@@ -67,7 +67,7 @@ class Recorder:
                 for line in format_gates(family, path, card):
                     terminalreporter.write_line(line)
 
-            for line in format_terminal(self.state.records):
+            for line in format_terminal(self.state.records, str(self.state.report_dir)):
                 terminalreporter.write_line(line)
             for line in problem_lines(self.state.records):
                 terminalreporter.write_line(line, red=True)

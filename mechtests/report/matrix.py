@@ -103,7 +103,7 @@ def build_grid(
     return columns, rows, cells
 
 
-def format_terminal(records: Sequence[Record]) -> list[str]:
+def format_terminal(records: Sequence[Record], report_dir: str = "reports") -> list[str]:
     """The grid as terminal lines, then counts per verdict."""
     columns, rows, cells = build_grid(records)
     width0 = max(len(claim) for _, claim in rows) + 2
@@ -128,7 +128,7 @@ def format_terminal(records: Sequence[Record]) -> list[str]:
     lines.append(
         "cell = verdict, compared value (CI bound when an interval exists) vs threshold, "
         "c = control value; INCONCLUSIVE = a failed precondition or an interval that spans "
-        "the threshold; details in reports/claim_matrix.md"
+        f"the threshold; details in {report_dir}/claim_matrix.md"
     )
     return lines
 
