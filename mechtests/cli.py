@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mechtests.bench import add_bench_subparser, run_bench
+from mechtests.errors import MechTestsError
 
 
 def _run(pytest_args: Sequence[str]) -> int:
@@ -107,6 +108,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["run"]:  # pass everything after `run` to pytest untouched
         return _run(argv[1:])
     args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except MechTestsError as exc:  # a user error: one line, no traceback
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 4
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "families":
         return _families(args.families_file)
     if args.command == "bench":
