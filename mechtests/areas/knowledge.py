@@ -42,6 +42,14 @@ Why the FALSE run of the source is the right null for each claim without a contr
   identity (``R = 0`` everywhere, a control that cannot fail); its control is the same
   self-patching maps one cell to the left of the readout.
 
+Model offset (X1-X3): a cross-model patch moves a cell by the fact and by the difference
+between the two models; their readouts can differ by more than the fact's whole TRUE/FALSE gap
+(Gemma-3-270M on ``cities``: mean ``LD_F`` -0.69 base, -0.33 instruct, gaps 0.025 and 0.044).
+The min-max range of ``N`` and the scale of ``R`` are then set by the offset, and no map statistic
+can tell the fact from the model. Each measure reports ``fact_to_offset``
+(:func:`mechtests.areas.knowledge_aggregate.fact_to_offset`) for the patches it reads (X3: both
+directions, the worse one), which thresholds.yaml requires to be at least 1.
+
 Cells (``params.cells``): ``interior`` (default for K1, K3, K5) drops cells fixed by the
 patching structure (:func:`mechtests.methods.heatmaps.interior_mask`); ``all`` is the paper's.
 Several datasets: each is judged and the worst (by its interval bound) is reported, all in
@@ -64,6 +72,7 @@ from mechtests.areas.knowledge_aggregate import (
     caveat,
     finite,
     judge_datasets,
+    offset_quantities,
     plots,
     split_decidable,
 )
@@ -246,7 +255,8 @@ def forward_correlation(ctx: FamilyContext, claim: Claim, pair: Pair) -> Measure
                                           _mask(run, cells))
 
     return judge_datasets(ctx, claim, pair, ">=", keys, corr(ref), corr(null),
-                           f"{null_label(ctx, ref)} patched into {post}")
+                           f"{null_label(ctx, ref)} patched into {post}",
+                           offset_directions=[(ref, post)])
 
 
 def _rk(run: KnowledgeRun, key: Pair, idx: np.ndarray) -> float:
@@ -271,7 +281,8 @@ def forward_recovery(ctx: FamilyContext, claim: Claim, pair: Pair) -> Measuremen
         return {"Rk": {f"{s}->{post}": _rk(run, (s, post), full) for s in (ref, post, null)}}
 
     return judge_datasets(ctx, claim, pair, ">=", keys, ratio(ref), ratio(null),
-                           f"{null_label(ctx, ref)} patched into {post}", extra=extra)
+                           f"{null_label(ctx, ref)} patched into {post}", extra=extra,
+                           offset_directions=[(ref, post)])
 
 
 @measure("crossmodel.asymmetry")
@@ -284,6 +295,7 @@ def asymmetry(ctx: FamilyContext, claim: Claim, pair: Pair) -> Measurement:
     for run in runs:
         ensure_maps(ctx, run, [(ref, post), (post, ref), (null_fwd, post), (null_bwd, ref)])
     kept, excluded, quantities = split_decidable(runs, [post, ref])
+    quantities.update(offset_quantities(runs, kept or runs, [(ref, post), (post, ref)]))
     runs = kept or runs
 
     def majority(values: list[float]) -> float:

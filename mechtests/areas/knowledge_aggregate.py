@@ -13,7 +13,14 @@ claims' preconditions read (thresholds.yaml) are reported at the top of ``detail
 * ``datasets_decidable``: how many datasets every model read has ``LD_T > LD_F`` on;
 * ``ld_gap``: the smallest ``mean LD_T - mean LD_F`` over those models and datasets (all
   datasets when none is decidable);
-* ``min_pairs``: the fewest statement pairs of a judged dataset.
+* ``min_pairs``: the fewest statement pairs of a judged dataset;
+* ``fact_to_offset`` (cross-model claims, :func:`offset_quantities`): the smallest, over the
+  judged datasets and the patch directions the claim reads, of the target's TRUE/FALSE gap over
+  the offset between the two models' readouts. A cross-model patch moves a cell by the fact
+  *and* by the model difference; where the second is the larger, the map's min-max range and
+  ``R`` are set by the offset, not by the fact. Unlike ``LD_T <= LD_F`` (a sign, the definition
+  of ``R``), its floor is a threshold (thresholds.yaml) that measures do not see, so no dataset
+  is left out for it here: one such dataset among the judged ones makes the cell INCONCLUSIVE.
 """
 
 from __future__ import annotations
@@ -40,8 +47,8 @@ from mechtests.report.plots_knowledge import plot_heatmaps
 if TYPE_CHECKING:
     from mechtests.context import FamilyContext
 
-__all__ = ["Pair", "Stat", "caveat", "finite", "judge_datasets", "ld_gap", "plots",
-           "split_decidable"]
+__all__ = ["Pair", "Stat", "caveat", "fact_to_offset", "finite", "judge_datasets", "ld_gap",
+           "offset_quantities", "plots", "split_decidable"]
 
 Stat = Callable[[KnowledgeRun, np.ndarray], float]
 Pair = tuple[str, str]
@@ -54,6 +61,33 @@ def finite(x: float | None) -> bool:
 def ld_gap(run: KnowledgeRun, models: Iterable[str]) -> float:
     """The smallest clean ``mean LD_T - mean LD_F`` of ``models`` on ``run``'s pairs."""
     return min(float(run.ld_true[m].mean() - run.ld_false[m].mean()) for m in models)
+
+
+def fact_to_offset(run: KnowledgeRun, source: str, target: str) -> float:
+    """How far the fact moves ``target``'s readout against how far swapping in ``source``'s
+    activations does: ``(mean LD_T - mean LD_F of target) / |mean LD_F(source) - mean
+    LD_F(target)|``. The denominator is what ``source``'s FALSE run restores at the readout cell
+    (where the models share the unembedding): the model difference alone. Infinite for two models
+    that read out alike and rate TRUE above FALSE."""
+    gap = float(run.ld_true[target].mean() - run.ld_false[target].mean())
+    offset = abs(float(run.ld_false[source].mean() - run.ld_false[target].mean()))
+    if offset > 0:
+        return gap / offset
+    return math.inf if gap > 0 else -math.inf if gap < 0 else math.nan
+
+
+def offset_quantities(runs: Iterable[KnowledgeRun], judged: Iterable[KnowledgeRun],
+                      directions: Iterable[Pair]) -> dict[str, Any]:
+    """``fact_to_offset``: the worst :func:`fact_to_offset` over the ``(source, target)``
+    ``directions`` on each dataset, and the smallest of those over the ``judged`` datasets; per
+    dataset (every one in ``runs``) with the model offset it is compared with."""
+    directions = list(directions)
+    by_dataset = {r.dataset: min(fact_to_offset(r, s, t) for s, t in directions) for r in runs}
+    offsets = {r.dataset: max(abs(float(r.ld_false[s].mean() - r.ld_false[t].mean()))
+                              for s, t in directions) for r in runs}
+    worst = [by_dataset[r.dataset] for r in judged]
+    return {"fact_to_offset": min(worst) if worst else math.nan,
+            "fact_to_offset_by_dataset": by_dataset, "model_offset_by_dataset": offsets}
 
 
 def split_decidable(runs: Iterable[KnowledgeRun], models: Iterable[str]
@@ -99,13 +133,15 @@ def judge_datasets(
     interval: bool = True,
     worst_by: str = "metric",
     needs_order: bool = True,
+    offset_directions: Iterable[Pair] = (),
 ) -> Measurement:
     """Each dataset's metric, control and bootstrap interval; the worst decidable dataset is
     reported: the one with the weakest metric bound (``worst_by="metric"``), or with the
     smallest gap between metric and control in the claim's direction (``"contrast"``, for
     metrics that sit at float noise on every dataset, where the weakest metric would be picked
     by rounding). ``needs_order=False``: every dataset is decidable (a check that holds for any
-    sign of ``LD_T - LD_F``, such as self-patching the readout cell)."""
+    sign of ``LD_T - LD_F``, such as self-patching the readout cell). ``offset_directions``:
+    the cross-model patches ``(source, target)`` whose :func:`offset_quantities` are reported."""
     n_boot = int(claim.params.get("n_boot", N_BOOT))
     runs = [knowledge_run(ctx, d) for d in knowledge_datasets(ctx, claim.params.get("datasets"))]
     rows: dict[str, dict[str, Any]] = {}
@@ -127,6 +163,9 @@ def judge_datasets(
     if not needs_order:
         kept, excluded = runs, {}
         quantities["datasets_decidable"] = len(runs)
+    offset_directions = list(offset_directions)
+    if offset_directions:
+        quantities.update(offset_quantities(runs, kept or runs, offset_directions))
 
     def bound(row: dict[str, Any]) -> float:
         ci = row["interval"]
