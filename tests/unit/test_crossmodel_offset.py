@@ -150,3 +150,21 @@ def test_two_models_that_read_out_alike_have_an_unbounded_ratio_unless_the_fact_
                           {"base": 0.0, "instruct": 0.0})
     assert fact_to_offset(same, "base", "instruct") == float("inf")
     assert fact_to_offset(backwards, "base", "instruct") == float("-inf")
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+@pytest.mark.parametrize(("ratio", "split_holds"), [(1.1, True), (2.0, True), (0.9, False),
+                                                   (0.5, False)])
+def test_above_a_ratio_of_one_the_normalised_map_splits_cells_by_the_fact_for_either_offset_sign(
+    sign: float, ratio: float, split_holds: bool,
+) -> None:
+    """Cells ``f * gap + m * offset`` for every mix of the whole fact (f) and the whole model
+    difference (m): N() keeps the fact's cells hot and the others cold exactly when the gap
+    exceeds the offset."""
+    from mechtests.methods.heatmaps import normalize
+
+    gap = 1.0
+    offset = sign * gap / ratio
+    cells = np.array([[f * gap + m * offset for m in (0, 1)] for f in (0, 1)])  # [f, m]
+    hot = normalize(cells) > 0
+    assert bool(hot[1].all() and not hot[0].any()) is split_holds
