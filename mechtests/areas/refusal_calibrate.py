@@ -43,13 +43,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from mechtests.data.refusal import format_prompts
-from mechtests.methods.interventions import PAPER_ABLATION_KINDS, ablation_hooks, addition_hooks
 from mechtests.sites import site_name
 
 if TYPE_CHECKING:
+    import torch
+
     from mechtests.engine.backend import Backend, Hook
     from mechtests.families import Family
 
@@ -112,6 +111,8 @@ def _differences(backend: Backend, data: TrainingRequests, role: str, layers: Se
 
 
 def _random_direction(d_model: int) -> torch.Tensor:
+    import torch
+
     from mechtests.methods.stats import random_unit_directions
 
     return random_unit_directions(1, d_model, seed=RANDOM_SEED)[0].to(torch.float32)
@@ -120,6 +121,12 @@ def _random_direction(d_model: int) -> torch.Tensor:
 def choose_site(backend: Backend, data: TrainingRequests, role: str, rule: CalibrationRule,
                 hooks: Sequence[str], judge: Judge) -> dict[str, Any]:
     """Step 1 and 2 on the post model ``role``: the damage check and the site sweep."""
+    from mechtests.methods.interventions import (
+        PAPER_ABLATION_KINDS,
+        ablation_hooks,
+        addition_hooks,
+    )
+
     template = data.templates[role]
     harmful = format_prompts(template, list(data.harmful[::4][:rule.n_eval]))
     harmless = format_prompts(template, list(data.harmless[::4][:rule.n_eval]))
@@ -155,6 +162,8 @@ def choose_coefficient(backend: Backend, data: TrainingRequests, role: str, site
                        rule: CalibrationRule, hooks: Sequence[str], judge: Judge
                        ) -> dict[str, Any]:
     """Step 3 for one role: its own direction at ``site``, the grid scan and its evidence."""
+    from mechtests.methods.interventions import addition_hooks
+
     layer, pos = site
     diff = _differences(backend, data, role, [layer], [pos])[(layer, pos)]
     scale = float(diff.norm()) if rule.relative_grid else 1.0
@@ -250,6 +259,8 @@ def add_calibrate_subparser(sub: Any) -> None:
 def run_calibrate(args: argparse.Namespace) -> int:
     """Entry point of ``mechtests calibrate``."""
     import os
+
+    import torch
 
     from mechtests.checkpoints.cache_dir import default_cache_dir
     from mechtests.errors import ConfigError
