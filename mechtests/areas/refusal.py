@@ -60,6 +60,10 @@ if TYPE_CHECKING:
 __all__ = ["random_ablation_kept", "refusal_directions"]
 
 N_BOOT = 1000
+# The selection sweep reported beside R3 scores candidate sites by ablation; it runs only where
+# ablating a random direction at every layer keeps this share of the refusals (the ablation
+# claims' precondition in thresholds.yaml), else its scores measure the damage, not the site.
+SWEEP_MIN_RANDOM_ABLATION_KEPT = 0.5
 HARMFUL, HARMLESS = "harmful_test", "harmless_test"
 
 
@@ -244,9 +248,16 @@ def own_ablation(ctx: FamilyContext, claim: Claim, pair: tuple[str, str]) -> Mea
         "random_ablation_kept": random_ablation_kept(ctx, post, scorer),
         "samples": _samples(ctx, post, Condition("ablation", HARMFUL, post))}
     if claim.params.get("sweep"):
-        from mechtests.areas.refusal_select import sweep
+        kept = extra["random_ablation_kept"]
+        if isinstance(kept, float) and kept >= SWEEP_MIN_RANDOM_ABLATION_KEPT:
+            from mechtests.areas.refusal_select import sweep
 
-        extra["selection_sweep"] = sweep(ctx, post)
+            extra["selection_sweep"] = sweep(ctx, post)
+        else:  # no refusals to remove, or every ablation wrecks the model
+            extra["selection_sweep"] = {
+                "skipped": f"a random direction ablated at every layer keeps {kept:.3g} of the "
+                f"refusals (needs >= {SWEEP_MIN_RANDOM_ABLATION_KEPT}; nan = none to keep), so "
+                "ablation scores cannot rank candidate sites"}
     return _intervention(ctx, claim, pair, float(f.mean()), bootstrap_interval(f, N_BOOT),
                          (null, label), len(f), extra)
 

@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from mechtests.areas import get_measure
+from mechtests.areas.refusal import SWEEP_MIN_RANDOM_ABLATION_KEPT
 from mechtests.areas.refusal_runs import conditions_for, refusal_directions
+from mechtests.areas.refusal_select import sweep as select_sweep
 from mechtests.claims.table import load_claims
 from mechtests.context import FamilyContext, RunOptions
 from mechtests.families import load_families
@@ -119,8 +121,19 @@ def test_each_model_is_loaded_at_most_twice(measured: dict) -> None:
     assert loads.count("tiny/control") == 1  # extraction only: the control model is never run
 
 
-def test_the_selection_sweep_reports_the_configured_and_skipped_sites(measured: dict) -> None:
-    sweep = measured[("refusal.ablation.own_post", ("base", "instruct"))].details["selection_sweep"]
+def test_the_selection_sweep_runs_only_where_a_random_ablation_keeps_the_refusals(
+        measured: dict) -> None:
+    details = measured[("refusal.ablation.own_post", ("base", "instruct"))].details
+    kept = details["random_ablation_kept"]
+    ran = "skipped" not in details["selection_sweep"]
+    assert ran == (not math.isnan(kept) and kept >= SWEEP_MIN_RANDOM_ABLATION_KEPT)
+    if not ran:
+        assert "cannot rank candidate sites" in details["selection_sweep"]["skipped"]
+
+
+def test_the_selection_sweep_reports_the_configured_and_skipped_sites(
+        measured: dict, workdir: Path) -> None:
+    sweep = select_sweep(_context(workdir), "instruct")
     assert sweep["configured"] == {"layer": 1, "position": -1}
     assert [0, -1] in sweep["skipped_sites"]  # the shared '<assistant>' embedding at layer 0
     assert all(not math.isnan(c["kl"]) for c in sweep["candidates"])
