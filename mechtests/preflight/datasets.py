@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mechtests.errors import MechTestsError, PreflightError
-from mechtests.preflight_checks import CheckpointInfo
+from mechtests.preflight.checkpoints import CheckpointInfo
 
 T = TypeVar("T")
 # Token budget of a steering query beyond the few-shot block, the statement and the question

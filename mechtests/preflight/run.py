@@ -9,7 +9,7 @@ workers, once per selected family, and reads files only: configs, safetensors he
 tokenizers and dataset files (checkpoints of the built-in schemes are built first, as the run
 would build them).
 
-Checks (:mod:`mechtests.preflight_checks`, :mod:`mechtests.preflight_data`):
+Checks (:mod:`mechtests.preflight.checkpoints`, :mod:`mechtests.preflight.datasets`):
 
 * invocation: ``--base/--sft/--instruct`` at most once each, and only with ``--model-family``;
 * options: ``--max-examples >= 1``, ``--gpus-per-worker >= 1``, CUDA present for
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from mechtests.errors import PreflightError
-from mechtests.preflight_checks import (
+from mechtests.preflight.checkpoints import (
     READOUT_AREAS,
     CheckpointInfo,
     check_layers,
@@ -39,9 +39,9 @@ from mechtests.preflight_checks import (
     check_templates,
     inspect_checkpoint,
 )
-from mechtests.preflight_data import check_datasets
+from mechtests.preflight.datasets import check_datasets
 
-SUITE_DIR = Path(__file__).resolve().parent / "suite"
+SUITE_DIR = Path(__file__).resolve().parent.parent / "suite"
 SUITE_MODULE = "mechtests.suite"
 TEST_NAME = "test_claim_holds"
 REPLACE_OPTIONS = ("--base", "--sft", "--instruct")
@@ -166,7 +166,7 @@ def selected(test_id: str, keyword: str, markexpr: str) -> bool:
 
 def run_preflight(config: Any, state: Any) -> None:
     """Check the run's options and every selected family; raise :class:`PreflightError`."""
-    from mechtests.runner import ClaimCase
+    from mechtests.measures.runner import ClaimCase
 
     check_invocation(list(config.invocation_params.args))
     check_options(config, state)

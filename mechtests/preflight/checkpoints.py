@@ -3,7 +3,7 @@
 Every check reads files only (``config.json``, safetensors headers, the tokenizer, the dataset
 files): no weights are loaded and no model runs. A failed check raises
 :class:`~mechtests.errors.PreflightError` with one line: what, where, expected, got, and the fix.
-:mod:`mechtests.preflight` decides which checks a run needs.
+:mod:`mechtests.preflight.run` decides which checks a run needs.
 """
 
 from __future__ import annotations
