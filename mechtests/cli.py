@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from mechtests.bench import add_bench_subparser, run_bench
+from mechtests.bench.cli import add_bench_subparser, run_bench
 from mechtests.errors import MechTestsError
 
 
@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     from mechtests.data.fetch import add_datasets_subparser
 
     add_datasets_subparser(sub)
-    from mechtests.areas.refusal_calibrate import add_calibrate_subparser
+    from mechtests.measures.refusal.calibrate import add_calibrate_subparser
 
     add_calibrate_subparser(sub)
     try:
@@ -125,7 +125,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return run_datasets(args)
     if args.command == "calibrate":
-        from mechtests.areas.refusal_calibrate import run_calibrate
+        from mechtests.measures.refusal.calibrate import run_calibrate
 
         return run_calibrate(args)
     if args.command == "report":

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mechtests import bench_phases
-from mechtests.bench_phases import PHASES, PhaseRecorder
+from mechtests.bench import phases as bench_phases
+from mechtests.bench.phases import PHASES, PhaseRecorder
 
 
 @pytest.fixture(autouse=True)
@@ -18,8 +18,9 @@ def _one_thread() -> None:
 
 
 class _FakeClock:
-    """Stands in for the ``time`` module of bench_phases: wall and CPU time move only when the
-    test advances them, so phase accounting is checked exactly, without sleeping."""
+    """Stands in for the ``time`` module of :mod:`mechtests.bench.phases`: wall and CPU time
+    move only when the test advances them, so phase accounting is checked exactly, without
+    sleeping."""
 
     def __init__(self) -> None:
         self.wall, self.cpu = 1000.0, 50.0
@@ -62,7 +63,7 @@ def test_nested_phase_time_is_charged_to_the_inner_phase_only(
 
 
 def test_flop_hooks_count_two_flops_per_weight_per_token_plus_attention(tmp_path: Path) -> None:
-    from mechtests.bench_flops import install_flop_hooks
+    from mechtests.bench.flops import install_flop_hooks
     from mechtests.engine import load_backend
     from mechtests.families import resolve_checkpoint
 

@@ -95,7 +95,7 @@ class Target:
 
 TARGETS = (
     Target("mechtests.engine:load_backend", "load", lambda *_: 1),
-    Target("mechtests.context:FamilyContext.release", "load"),  # unload + gc: model switches
+    Target("mechtests.measures.context:FamilyContext.release", "load"),  # unload + gc: model switches
     Target("mechtests.engine.collect:collect_activations", "activation collection",
            _n(1, "prompts")),
     Target("mechtests.methods.patching:patch_heatmaps_many", "patching", _sites, PATCHING),
@@ -264,7 +264,7 @@ class PhaseRecorder:
 
     def watch_model(self, backend: Any) -> None:
         """Install FLOP-counting hooks on ``backend``'s HF model and record its weight size."""
-        from mechtests.bench_flops import install_flop_hooks, weight_bytes
+        from mechtests.bench.flops import install_flop_hooks, weight_bytes
 
         model = getattr(backend, "model", None)
         if model is None:
@@ -279,7 +279,7 @@ class PhaseRecorder:
     @contextmanager
     def instrument(self, targets: Iterable[Target] = TARGETS) -> Iterator[None]:
         """Wrap every target (and every module-level alias of it) for the block's duration."""
-        from mechtests.areas import AREA_MODULES
+        from mechtests.measures import AREA_MODULES
 
         for name in AREA_MODULES:  # bind their imports now, so the aliases are found
             try:

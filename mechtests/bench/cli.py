@@ -1,12 +1,12 @@
 """``mechtests bench``: the claim matrix of one family, timed per phase.
 
 Runs every claim's measure function on every model pair of the family (the same cases as
-``mechtests run``, grouped by area) inside a :class:`~mechtests.bench_phases.PhaseRecorder`,
+``mechtests run``, grouped by area) inside a :class:`~mechtests.bench.phases.PhaseRecorder`,
 and writes ``bench_<family>.json`` and ``bench_<family>.md`` to ``--out`` and prints the table:
 per phase (load, activation collection, patching sweep, cross-model patching, direction
 selection, probes, steering, generation, entropy neurons, other) the exclusive wall time, the
 items processed and their rate, the peak memory, and for the model-bound phases the FLOP rate
-and its share of the bf16 peak (:mod:`mechtests.bench_flops`).
+and its share of the bf16 peak (:mod:`mechtests.bench.flops`).
 
 Caches: checkpoints come from the usual cache (``--cache``, built once), but activations,
 steering and generation results go to a fresh scratch directory, so every run measures the
@@ -38,15 +38,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-    from mechtests.bench_phases import PhaseRecorder
+    from mechtests.bench.phases import PhaseRecorder
     from mechtests.claims.model import Claim
-    from mechtests.context import FamilyContext, RunOptions
     from mechtests.families import Family
+    from mechtests.measures.context import FamilyContext, RunOptions
 
-__all__ = ["add_bench_subparser", "format_table", "run_bench"]
+__all__ = ["add_bench_subparser", "run_bench"]
 
 AREA_ORDER = ("truth", "knowledge", "crossmodel", "refusal", "confidence")
-GOALS = {"gpu_minutes_8b": 20.0, "gpu_peak_over_weights": 1.15, "cpu_organism_minutes": 2.0}
 
 
 def add_bench_subparser(sub: Any) -> None:
@@ -126,8 +125,8 @@ def _cases(family: Family, areas: Sequence[str] | None) -> list[tuple[Claim, tup
 
 def _make_context(family: Family, options: RunOptions, checkpoints: Path,
                   recorder: PhaseRecorder) -> FamilyContext:
-    from mechtests.context import FamilyContext
     from mechtests.families import resolve_checkpoint
+    from mechtests.measures.context import FamilyContext
 
     class BenchContext(FamilyContext):
         """Checkpoints from the persistent cache; every activation source registered."""
@@ -172,12 +171,13 @@ def run_bench(args: argparse.Namespace) -> int:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     import torch
 
-    from mechtests.areas import get_measure
-    from mechtests.bench_flops import reference_peak
-    from mechtests.bench_phases import PhaseRecorder
+    from mechtests.bench.flops import reference_peak
+    from mechtests.bench.phases import PhaseRecorder
+    from mechtests.bench.table import bench_result, format_table
     from mechtests.checkpoints.cache_dir import default_cache_dir
-    from mechtests.context import RunOptions
     from mechtests.data.sources import DatasetsUnavailable
+    from mechtests.measures import get_measure
+    from mechtests.measures.context import RunOptions
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -230,8 +230,8 @@ def run_bench(args: argparse.Namespace) -> int:
         if not args.keep_scratch:
             shutil.rmtree(scratch, ignore_errors=True)
     machine["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    result = _result(family, options, recorder, rows, total, prepare, peak, peak_basis, machine,
-                     args, scratch if args.keep_scratch else None)
+    result = bench_result(family, options, recorder, rows, total, prepare, peak, peak_basis,
+                          machine, args, scratch if args.keep_scratch else None)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table = format_table(result)
@@ -240,113 +240,3 @@ def run_bench(args: argparse.Namespace) -> int:
     print(table)
     print(f"\nwrote {out / f'bench_{family.name}.json'} and .md")
     return 0 if all(r["status"] != "error" for r in rows) else 1
-
-
-def _result(family: Family, options: RunOptions, recorder: PhaseRecorder,
-            rows: list[dict[str, Any]], total: float, prepare: float, peak: float,
-            peak_basis: str, machine: dict[str, Any], args: argparse.Namespace,
-            scratch: Path | None) -> dict[str, Any]:
-    from mechtests.bench_phases import UNITS
-
-    phases = {}
-    cuda = recorder.memory.cuda
-    for name, s in recorder.stats.items():
-        rate = s.flops / s.seconds if s.seconds > 0 else 0.0
-        clock = s.seconds if cuda else s.cpu_seconds  # the peak's clock (bench_flops)
-        per_clock = s.flops / clock if clock > 0 else 0.0
-        phases[name] = {
-            "seconds": round(s.seconds, 3), "cpu_seconds": round(s.cpu_seconds, 3),
-            "share": round(s.seconds / total, 4) if total else 0,
-            "calls": s.calls, "items": s.items, "unit": UNITS[name],
-            "items_per_s": round(s.items / s.seconds, 3) if s.seconds > 0 and s.items else None,
-            "peak_bytes": s.peak_bytes, "flops": s.flops, "flop_per_s": rate,
-            "flop_per_clock_s": per_clock,
-            "peak_share": per_clock / peak if s.flops and peak else None,
-            "layer_tokens": s.layer_tokens, "head_rows": s.head_rows,
-        }
-    weights = max((m["weights_bytes"] for m in recorder.models.values()), default=0)
-    overall = max((s.peak_bytes for s in recorder.stats.values()), default=0)
-    areas: dict[str, float] = {}
-    for r in rows:
-        areas[r["area"]] = round(areas.get(r["area"], 0.0) + r["seconds"], 3)
-    return {
-        "family": family.name, "description": family.description,
-        "random_weights": family.random_weights, "shape": family.extra.get("shape"),
-        "options": {"device": options.device, "dtype": options.dtype, "backend": options.backend,
-                    "max_examples": options.max_examples, "threads": args.threads,
-                    "areas": args.areas},
-        "machine": machine, "memory_kind": recorder.memory.kind,
-        "bf16_peak_flop_per_s": peak, "bf16_peak_basis": peak_basis,
-        "prepare_seconds": round(prepare, 3), "total_seconds": round(total, 3),
-        "total_cpu_seconds": round(sum(s.cpu_seconds for s in recorder.stats.values()), 3),
-        "phases": phases, "areas": areas, "claims": rows, "models": recorder.models,
-        "peak_bytes": overall, "peak_over_weights": overall / weights if weights else None,
-        "goals": GOALS, "uninstrumented": recorder.missing,
-        "scratch": str(scratch) if scratch else None,
-    }
-
-
-def _bytes(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
-
-
-def _rate(x: float | None) -> str:
-    if x is None:
-        return "-"
-    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
-
-
-def format_table(result: dict[str, Any]) -> str:
-    """The phase table (markdown) of a :func:`run_bench` result."""
-    shape = result.get("shape")
-    depth = f", {shape['n_layers']} of {shape['real_layers']} layers" if shape else ""
-    opts, machine = result["options"], result["machine"]
-    where = machine.get("device_name") or f"CPU x{machine.get('cpu_count')}"
-    load = machine.get("loadavg")
-    lines = [
-        f"mechtests bench: {result['family']}"
-        f"{' (random weights' + depth + ')' if result['random_weights'] else ''}, "
-        f"{opts['device']} {opts['dtype']}, backend {opts['backend']}, "
-        f"max examples {opts['max_examples'] or 'all'}",
-        f"machine: {where}, torch threads {machine['torch_threads']}"
-        + (f", load average {load[0]:.1f} at start" if load else "")
-        + f"; memory: {result['memory_kind']}; bf16 peak "
-        f"{result['bf16_peak_flop_per_s'] / 1e12:.3g} TFLOP/s ({result['bf16_peak_basis']})",
-        "TFLOP/s and % bf16 peak: per " + ("second" if result["memory_kind"].startswith(
-            "torch.cuda") else "CPU second (process CPU time: other load on the machine does not "
-                               "count against them)"),
-        "",
-        "| phase | seconds | CPU s | share | calls | items | items/s | peak memory | TFLOP/s "
-        "| % bf16 peak |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name, p in result["phases"].items():
-        items = f"{p['items']:,} {p['unit']}" if p["items"] else "-"
-        tflops = f"{p['flop_per_clock_s'] / 1e12:.3g}" if p["flops"] else "-"
-        share = f"{100 * p['peak_share']:.1f}" if p["peak_share"] is not None else "-"
-        lines.append(
-            f"| {name} | {p['seconds']:.2f} | {p['cpu_seconds']:.2f} | {100 * p['share']:.1f}% "
-            f"| {p['calls']} | {items} "
-            f"| {_rate(p['items_per_s'])} | {_bytes(p['peak_bytes'])} | {tflops} | {share} |")
-    ratio = result["peak_over_weights"]
-    lines += [
-        f"| **total** | **{result['total_seconds']:.2f}** | {result['total_cpu_seconds']:.2f} "
-        f"| 100% | | | | {_bytes(result['peak_bytes'])} | | |",
-        "",
-        f"claims: {sum(r['status'] == 'ok' for r in result['claims'])} ok, "
-        f"{sum(r['status'] == 'skipped' for r in result['claims'])} skipped, "
-        f"{sum(r['status'] == 'error' for r in result['claims'])} errors; per area: "
-        + ", ".join(f"{a} {s:.1f}s" for a, s in result["areas"].items())
-        + f"; checkpoints ready in {result['prepare_seconds']:.1f}s (not in the total)",
-    ]
-    loads = ", ".join(f"{role} x{m['loads']}" for role, m in result["models"].items())
-    lines.append(f"model loads: {loads}")
-    if ratio and result["memory_kind"].startswith("torch.cuda"):
-        lines.append(f"peak GPU memory / one model's weights: {ratio:.2f} "
-                     f"(goal <= {GOALS['gpu_peak_over_weights']})")
-    for r in result["claims"]:
-        if r["status"] == "error":
-            lines.append(f"error: {r['claim']} {'->'.join(r['pair'])}: {r['message']}")
-    if result["uninstrumented"]:
-        lines.append("not instrumented (missing): " + ", ".join(result["uninstrumented"]))
-    return "\n".join(lines)
