@@ -12,7 +12,7 @@ few-shot queries (the knowledge and steering prompts). Three cases:
 Knowledge+Truthfulness/generate_acts.py);
 * ``early_layer``: one site at layer 0, which the backend's early stop makes cheap: its time
   against ``truth_last_token`` shows the stop working;
-* ``store_warm_read``: the same request through :class:`~mechtests.context.FamilyContext` a
+* ``store_warm_read``: the same request through :class:`~mechtests.measures.context.FamilyContext` a
   second time (a cache hit: safetensors read plus hashing, no model).
 
 ``extra_info`` records prompts/s and the model.
@@ -78,8 +78,8 @@ def test_bench_collect_early_layer(benchmark: Any, setup: dict[str, Any]) -> Non
 
 
 def test_bench_collect_store_warm_read(benchmark: Any, setup: dict[str, Any]) -> None:
-    from mechtests.context import FamilyContext, RunOptions
     from mechtests.families import load_families, resolve_checkpoint
+    from mechtests.measures.context import FamilyContext, RunOptions
 
     fam = load_families()["tiny"]
     fam = fam.with_checkpoint("base", str(resolve_checkpoint(setup["ref"], setup["cache"])))

@@ -2,8 +2,8 @@
 
     pytest benchmarks/test_bench_entropy_select.py -n 0 -p no:xdist --benchmark-autosave
 
-What the confidence area does per role (``mechtests/areas/confidence.py``): copy the readout
-weights out of the model (``readout_weights``: unembedding, final norm, last MLP's down
+What the confidence area does per role (``mechtests/measures/confidence/measures.py``): copy
+the readout weights out of the model (``readout_weights``: unembedding, final norm, last MLP's down
 projection), compute every last-layer neuron's norm and LogitVar (``neuron_stats``, folded), and
 keep the paper's ``k = 10`` lowest-LogitVar neurons among the top 25% by norm. Then the
 mean-ablation entropies of the chosen set on 64 prompts (``ablation_entropies``: one clean and

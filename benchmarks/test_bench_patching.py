@@ -65,10 +65,10 @@ def _organism_shaped(cache: Path) -> Any:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from mechtests.areas.knowledge_runs import _patching_set
-    from mechtests.context import FamilyContext, RunOptions
     from mechtests.engine import load_backend
     from mechtests.families import load_families
+    from mechtests.measures.context import FamilyContext, RunOptions
+    from mechtests.measures.knowledge.runs import _patching_set
 
     tmp = tmp_path_factory.mktemp("bench-patching")
     family = load_families()["organism"]

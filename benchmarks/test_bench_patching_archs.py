@@ -92,9 +92,9 @@ def _random_backend(name: str) -> Any:
 @pytest.fixture(scope="module", params=list(PAIRS))
 def case(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
          ) -> Any:
-    from mechtests.areas.knowledge_runs import _patching_set
-    from mechtests.context import FamilyContext, RunOptions
     from mechtests.families import load_families
+    from mechtests.measures.context import FamilyContext, RunOptions
+    from mechtests.measures.knowledge.runs import _patching_set
 
     name = request.param
     tmp: Path = tmp_path_factory.mktemp("bench-patching-archs")

@@ -1,7 +1,7 @@
 """The claim table's types: what a claim is, what a measurement returns, how it is judged.
 
 A claim never computes. Its ``measure`` names a function registered by an area module
-(:mod:`mechtests.areas`), which returns a :class:`Measurement`: the metric, the same metric on a
+(:mod:`mechtests.measures`), which returns a :class:`Measurement`: the metric, the same metric on a
 control (an independent base, a random direction, a shuffled heatmap) and, where sampling
 matters, a bootstrap interval. Its ``details`` also carry the numbers the claim's
 :class:`Precondition` s read (thresholds.yaml ``preconditions``): what must hold for the

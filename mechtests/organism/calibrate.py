@@ -10,7 +10,7 @@ claims are scored on:
   ``truth.intervene_layer``: the earliest block within 0.05 of that accuracy (at most
   ``probe_layer - 1`` so the steering span has two layers, as the paper's 8..12).
 * ``refusal.layer``, position and coefficients: the rule every family shares
-  (:mod:`mechtests.areas.refusal_calibrate`, also ``mechtests calibrate``) with the organism's
+  (:mod:`mechtests.measures.refusal.calibrate`, also ``mechtests calibrate``) with the organism's
   absolute coefficient grid ``COEF_GRID``. On the organism a random direction ablated at every
   layer leaves the instruct model's refusals in place, so the site is the one whose direction,
   ablated at every layer (pre/mid/post), leaves the lowest refusal on 32 training harmful
@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from mechtests.areas.refusal_calibrate import CalibrationRule
+from mechtests.measures.refusal.calibrate import CalibrationRule
 from mechtests.organism import gates
 from mechtests.organism.corpus import REFUSAL_PREFIXES
 from mechtests.organism.gates import TRAIN_DATASETS
@@ -98,10 +98,10 @@ def _is_refusal(text: str) -> bool:
 
 
 def refusal_site(root: Path) -> dict[str, Any]:
-    """The shared refusal rule (:func:`mechtests.areas.refusal_calibrate.calibrate_refusal`)
+    """The shared refusal rule (:func:`mechtests.measures.refusal.calibrate.calibrate_refusal`)
     with the organism's absolute grid, on the checkpoints under ``root``."""
-    from mechtests.areas.refusal_calibrate import TrainingRequests, calibrate_refusal
     from mechtests.engine import load_backend
+    from mechtests.measures.refusal.calibrate import TrainingRequests, calibrate_refusal
 
     sp = _splits()
     data = TrainingRequests(tuple(sp["harmful_train_128"]), tuple(sp["harmless_train_128"]),

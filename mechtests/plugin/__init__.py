@@ -29,7 +29,7 @@ from mechtests.errors import ConfigError, MechTestsError
 from mechtests.plugin.recorder import RECORD_KEY, Recorder
 
 if TYPE_CHECKING:
-    from mechtests.runner import ClaimCase, ClaimRunner
+    from mechtests.measures.runner import ClaimCase, ClaimRunner
 
 OPT_FAMILY = "--model-family"
 REPORT_FILES = ("claim_matrix.json", "claim_matrix.md", "claim_matrix.html")
@@ -165,8 +165,8 @@ class _State:
         self.runner: ClaimRunner | None = None
 
     def make_runner(self, config: pytest.Config) -> ClaimRunner:
-        from mechtests.context import RunOptions
-        from mechtests.runner import ClaimRunner
+        from mechtests.measures.context import RunOptions
+        from mechtests.measures.runner import ClaimRunner
 
         if self.runner is None:
             worker = os.environ.get("PYTEST_XDIST_WORKER")
@@ -294,7 +294,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "claim_case" not in metafunc.fixturenames:
         return
-    from mechtests.runner import ClaimCase
+    from mechtests.measures.runner import ClaimCase
 
     state = plugin_state(metafunc.config)
     params = []

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from mechtests.runner import ClaimCase
+from mechtests.measures.runner import ClaimCase
 
 
 def test_claim_holds(claim_case: ClaimCase, check_claim: Callable[[ClaimCase], None]) -> None:

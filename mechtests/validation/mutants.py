@@ -7,10 +7,10 @@ claim's verdict on the pair (base, mutant) is known before anything is measured
 source checkpoint's fingerprint and the fingerprints of the checkpoints its direction or neurons
 come from. A build writes a temporary directory and renames it into place, under a file lock.
 
-The directions and neurons are the suite's own (the truth direction of ``areas.truth``, the
-refusal direction of ``areas.refusal_runs``, the entropy neurons of ``methods.entropy_neurons``
+The directions and neurons are the suite's own (the truth direction of ``measures.truth``, the
+refusal direction of ``measures.refusal.runs``, the entropy neurons of ``methods.entropy_neurons``
 with the claim's parameters), computed on the unmodified family through a
-:class:`~mechtests.context.FamilyContext` that shares the run's activation cache.
+:class:`~mechtests.measures.context.FamilyContext` that shares the run's activation cache.
 
 Example:
     >>> family = load_families()["organism"]
@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 
 from mechtests.checkpoints.atomic import atomic_directory
-from mechtests.context import FamilyContext, RunOptions
 from mechtests.errors import CheckpointError, ConfigError
 from mechtests.families import Family
+from mechtests.measures.context import FamilyContext, RunOptions
 from mechtests.validation import surgery
 
 RECIPE_VERSION = "1"
@@ -98,8 +98,8 @@ def _context(family: Family, cache_dir: Path, roles: tuple[str, ...]) -> FamilyC
 
 
 def truth_direction(family: Family, cache_dir: Path) -> torch.Tensor:
-    """The base's truth direction at the family's probe layer (``areas.truth``)."""
-    from mechtests.areas.truth import truth_directions
+    """The base's truth direction at the family's probe layer (``measures.truth``)."""
+    from mechtests.measures.truth.measures import truth_directions
 
     ctx = _context(family, cache_dir, ("base",))
     try:
@@ -110,7 +110,7 @@ def truth_direction(family: Family, cache_dir: Path) -> torch.Tensor:
 
 def refusal_direction(family: Family, cache_dir: Path, role: str) -> torch.Tensor:
     """``role``'s unit refusal direction at the family's refusal layer, in its own template."""
-    from mechtests.areas.refusal_runs import refusal_directions
+    from mechtests.measures.refusal.runs import refusal_directions
 
     ctx = _context(family, cache_dir, (role,))
     try:

@@ -10,17 +10,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mechtests.areas.refusal_runs import _texts_check
-from mechtests.areas.truth_runs import _steering_check
 from mechtests.claims.table import load_claims
 from mechtests.errors import EXIT_INTERRUPTED, CacheError
+from mechtests.measures.refusal.runs import _texts_check
+from mechtests.measures.truth.runs import _steering_check
 from mechtests.store import read_checked, write_checked
 from tests.bad_inputs.conftest import Case
 
 CLAIMS = [claim.id for claim in load_claims()[:2]]
 SYNTHETIC = f'''
 import json, os, signal
-from mechtests.runner import ClaimRecord
+from mechtests.measures.runner import ClaimRecord
 
 def _record(record_property, claim, metric):
     rec = ClaimRecord(claim_id=claim, area=claim.split(".")[0], family="organism",

@@ -22,7 +22,7 @@ CLAIM = load_claims()[0].id  # any real claim id: thresholds files are checked a
 
 SYNTHETIC_TEST = f'''
 import json, os
-from mechtests.runner import ClaimRecord
+from mechtests.measures.runner import ClaimRecord
 
 def test_synthetic_claim(record_property):
     rec = ClaimRecord(

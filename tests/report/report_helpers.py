@@ -11,8 +11,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from mechtests.measures.runner import ClaimRecord
 from mechtests.report.matrix import write_matrix
-from mechtests.runner import ClaimRecord
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 

@@ -14,7 +14,7 @@ from mechtests.report.cli import run_report
 
 SYNTHETIC_TEST = '''
 import json
-from mechtests.runner import ClaimRecord
+from mechtests.measures.runner import ClaimRecord
 
 def test_synthetic_claim(record_property):
     rec = ClaimRecord(

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from mechtests.areas import get_measure
 from mechtests.claims.model import Claim
 from mechtests.claims.table import load_claims
 from mechtests.claims.thresholds import load_thresholds
-from mechtests.context import FamilyContext, RunOptions
 from mechtests.families import load_families
+from mechtests.measures import get_measure
+from mechtests.measures.context import FamilyContext, RunOptions
 
 CONFIDENCE = sorted(c.id for c in load_claims() if c.area == "confidence")
 

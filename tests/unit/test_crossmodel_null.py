@@ -16,13 +16,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mechtests.areas import get_measure
 from mechtests.claims.table import load_claims
+from mechtests.measures import get_measure
 
 
 def _ctx(tmp: Any, post_is_base: bool) -> Any:
-    from mechtests.context import FamilyContext, RunOptions
     from mechtests.families import load_families
+    from mechtests.measures.context import FamilyContext, RunOptions
 
     family = load_families()["tiny"]
     models = {role: spec for role, spec in family.models.items() if role != "control"}
@@ -54,7 +54,7 @@ def _measure(ctx: Any, claim_id: str) -> Any:
 def test_without_a_control_base_the_null_of_a_patch_is_its_source_models_false_run(
     identical_post: Any,
 ) -> None:
-    from mechtests.areas.knowledge_runs import knowledge_run, null_label, null_source
+    from mechtests.measures.knowledge.runs import knowledge_run, null_label, null_source
 
     assert null_source(identical_post, "base") == "base:false"
     assert "FALSE-prompt" in null_label(identical_post, "base")
@@ -65,7 +65,7 @@ def test_without_a_control_base_the_null_of_a_patch_is_its_source_models_false_r
 def test_the_null_recovers_nothing_where_the_true_patch_recovers_everything(
     identical_post: Any,
 ) -> None:
-    from mechtests.areas.knowledge_runs import knowledge_run
+    from mechtests.measures.knowledge.runs import knowledge_run
 
     run = knowledge_run(identical_post, "cities")
     real, null = run.recovered(("base", "instruct")), run.recovered(("base:false", "instruct"))
@@ -95,7 +95,7 @@ def test_asymmetry_null_patches_each_direction_with_its_own_sources_false_run(
 def test_the_null_carries_the_model_difference_and_matches_the_real_patch_before_the_facts(
     noisy_post: Any,
 ) -> None:
-    from mechtests.areas.knowledge_runs import knowledge_run
+    from mechtests.measures.knowledge.runs import knowledge_run
 
     run = knowledge_run(noisy_post, "cities")
     real, null = run.maps[("base", "instruct")], run.maps[("base:false", "instruct")]

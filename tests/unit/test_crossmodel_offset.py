@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mechtests.areas.knowledge_aggregate import fact_to_offset, offset_quantities
 from mechtests.claims.model import Verdict
+from mechtests.measures.knowledge.aggregate import fact_to_offset, offset_quantities
 
 N_PAIRS, N_LAYERS = 30, 4
 FACT_CELLS = [(0, 1), (1, 1), (1, 2), (2, 2), (2, 3), (3, 3)]  # (layer, column)
@@ -35,8 +35,8 @@ def _stand_in(dataset: str, ld_true: dict[str, float], ld_false: dict[str, float
 def _synthetic_run(gap: float, offset: float) -> Any:
     """``base -> instruct`` patching: the fact adds ``gap`` at FACT_CELLS, the model difference
     adds ``offset`` at OFFSET_CELLS (the base's FALSE run carries the offset and no fact)."""
-    from mechtests.areas.knowledge_runs import KnowledgeRun
     from mechtests.data.pairs import PatchingSet
+    from mechtests.measures.knowledge.runs import KnowledgeRun
 
     rng = np.random.default_rng(0)
     pset = PatchingSet(
@@ -66,11 +66,11 @@ def _synthetic_run(gap: float, offset: float) -> Any:
 
 
 def _judged_forward_correlation(monkeypatch: pytest.MonkeyPatch, run: Any) -> Any:
-    from mechtests.areas import get_measure
-    from mechtests.areas import knowledge_aggregate as aggregate
     from mechtests.claims.table import load_claims
     from mechtests.claims.thresholds import load_thresholds
     from mechtests.claims.verdict import judge
+    from mechtests.measures import get_measure
+    from mechtests.measures.knowledge import aggregate
 
     monkeypatch.setattr(aggregate, "knowledge_datasets", lambda ctx, names=None: [run.dataset])
     monkeypatch.setattr(aggregate, "knowledge_run", lambda ctx, dataset: run)

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mechtests.areas.knowledge_aggregate import split_decidable
+from mechtests.measures.knowledge.aggregate import split_decidable
 
 
 def _run(dataset: str, gaps: dict[str, float], n: int = 30) -> Any:

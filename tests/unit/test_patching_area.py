@@ -9,17 +9,17 @@ from typing import Any
 
 import pytest
 
-from mechtests.areas import get_measure
 from mechtests.claims.table import load_claims
 from mechtests.claims.thresholds import load_thresholds
+from mechtests.measures import get_measure
 
 AREAS = ("knowledge", "crossmodel")
 
 
 @pytest.fixture(scope="module")
 def ctx(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from mechtests.context import FamilyContext, RunOptions
     from mechtests.families import load_families
+    from mechtests.measures.context import FamilyContext, RunOptions
 
     tmp = tmp_path_factory.mktemp("knowledge")
     options = RunOptions(cache_dir=tmp / "cache", report_dir=tmp / "report", device="cpu",
@@ -65,7 +65,7 @@ def test_measure_returns_metric_control_and_artifacts(ctx: Any, claim_id: str) -
 
 
 def test_the_control_base_is_visited_and_the_readout_cell_recovers(ctx: Any) -> None:
-    from mechtests.areas.knowledge_runs import knowledge_run
+    from mechtests.measures.knowledge.runs import knowledge_run
 
     run = knowledge_run(ctx, "cities")
     assert ("control", "control") in run.maps

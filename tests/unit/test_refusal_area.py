@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from mechtests.areas import get_measure
-from mechtests.areas.refusal import SWEEP_MIN_RANDOM_ABLATION_KEPT
-from mechtests.areas.refusal_runs import conditions_for, refusal_directions
-from mechtests.areas.refusal_select import sweep as select_sweep
 from mechtests.claims.table import load_claims
-from mechtests.context import FamilyContext, RunOptions
 from mechtests.families import load_families
+from mechtests.measures import get_measure
+from mechtests.measures.context import FamilyContext, RunOptions
+from mechtests.measures.refusal.measures import SWEEP_MIN_RANDOM_ABLATION_KEPT
+from mechtests.measures.refusal.runs import conditions_for, refusal_directions
+from mechtests.measures.refusal.select import sweep as select_sweep
 
 # words every tiny vocabulary has (mechtests.engine.tiny.REQUIRED_WORDS)
 HARMFUL_WORDS, HARMLESS_WORDS = ("TRUE", "this", ":"), ("FALSE", "statement", "is")

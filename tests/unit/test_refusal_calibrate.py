@@ -1,4 +1,4 @@
-"""The refusal calibration rule (mechtests.areas.refusal_calibrate) on the tiny random family.
+"""The refusal calibration rule (mechtests.measures.refusal.calibrate) on the tiny random family.
 
 Random weights never refuse, so the judges here are stand-ins: one that reads every generation
 as a refusal (the all-layer ablation is harmless, so ablation ranks the sites) and one that
@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from mechtests.areas.refusal_calibrate import (
+from mechtests.families import load_families
+from mechtests.measures.context import FamilyContext, RunOptions
+from mechtests.measures.refusal.calibrate import (
     CalibrationRule,
     TrainingRequests,
     calibrate_refusal,
 )
-from mechtests.context import FamilyContext, RunOptions
-from mechtests.families import load_families
 
 RULE = CalibrationRule(coef_grid=(0.5, 1.0), positions=(-1,), n_eval=3)
 HOOKS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post")

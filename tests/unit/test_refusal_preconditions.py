@@ -7,12 +7,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mechtests.areas import refusal
-from mechtests.areas.refusal_runs import Condition
 from mechtests.claims.model import Measurement, Verdict
 from mechtests.claims.table import load_claims
 from mechtests.claims.thresholds import load_thresholds
 from mechtests.claims.verdict import judge
+from mechtests.measures.refusal import measures as refusal
+from mechtests.measures.refusal.runs import Condition
 
 ABLATION_CLAIMS = ("refusal.ablation.own_post", "refusal.forward.ablation",
                    "refusal.backward.ablation")

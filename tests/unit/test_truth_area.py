@@ -10,14 +10,14 @@ from typing import Any
 import pytest
 import torch
 
-from mechtests.areas import get_measure
-from mechtests.areas.truth import truth_directions
-from mechtests.areas.truth_runs import role_truth, steering, truth_datasets
 from mechtests.claims.model import Measurement
 from mechtests.claims.table import load_claims
-from mechtests.context import FamilyContext, RunOptions
 from mechtests.data.statements import PAPER_TRUTH_DATASETS
 from mechtests.families import load_families
+from mechtests.measures import get_measure
+from mechtests.measures.context import FamilyContext, RunOptions
+from mechtests.measures.truth.measures import truth_directions
+from mechtests.measures.truth.runs import role_truth, steering, truth_datasets
 
 SHARED_DATASETS = Path(__file__).parents[2] / ".." / "shared" / "datasets"
 TRUTH_CLAIMS = [c for c in load_claims() if c.area == "truth"]

@@ -20,7 +20,7 @@ else random directions (the analytic ``|cos|`` quantile for T1, a probe on a ran
 for T3, random steering vectors for T4/T5). Intervals are percentile bootstraps over statements
 (training statements for cosines, held-out statements for accuracies and effects; true and
 false statements resampled separately for effects). The arithmetic is in
-:mod:`mechtests.methods`; the data and model visits in :mod:`mechtests.areas.truth_runs`.
+:mod:`mechtests.methods`; the data and model visits in :mod:`mechtests.measures.truth.runs`.
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mechtests.areas import measure
-from mechtests.areas.truth_runs import (
+from mechtests.claims.model import Claim, Measurement
+from mechtests.measures import measure
+from mechtests.measures.truth.runs import (
     N_BOOT,
     N_RANDOM,
     RoleTruth,
@@ -40,7 +41,6 @@ from mechtests.areas.truth_runs import (
     seed_for,
     steering,
 )
-from mechtests.claims.model import Claim, Measurement
 from mechtests.methods.directions import cosine, cosine_by_layer, cosine_interval
 from mechtests.methods.probes import ProjectionLRProbe, accuracy, correct, make_probe
 from mechtests.methods.stats import (
@@ -54,7 +54,7 @@ from mechtests.report.plots_truth import plot_cosine_by_layer, plot_transfer_mat
 if TYPE_CHECKING:
     import torch
 
-    from mechtests.context import FamilyContext
+    from mechtests.measures.context import FamilyContext
 
 NULL_LEVEL = 0.95  # quantile of the random-direction |cos| null
 MIN_OWN_IE = 0.1  # ours: floor of the own-vector IE in the T4/T5 ratios' denominators
@@ -115,7 +115,7 @@ def direction_cosine(ctx: FamilyContext, claim: Claim, pair: tuple[str, str]) ->
 @measure("truth.direction_vs_refusal")
 def direction_vs_refusal(ctx: FamilyContext, claim: Claim, pair: tuple[str, str]) -> Measurement:
     """T2: the truth direction is much more shared than the refusal direction (claims 3 vs 4)."""
-    from mechtests.areas.refusal_runs import refusal_directions
+    from mechtests.measures.refusal.runs import refusal_directions
 
     ref, post = pair
     roles, t = role_truth(ctx), ctx.family.truth

@@ -212,8 +212,8 @@ def calibrate_family(family: Family, cache_dir: Path, datasets_dir: Path | None,
                      rule: CalibrationRule | None = None, device: str = "auto") -> dict[str, Any]:
     """:func:`calibrate_refusal` on ``family``'s checkpoints and training split, judged with the
     claims' prompt-prefix scorer (the family's prefixes, else the paper's)."""
-    from mechtests.context import FamilyContext, RunOptions
     from mechtests.data.refusal import load_refusal_splits
+    from mechtests.measures.context import FamilyContext, RunOptions
     from mechtests.methods.refusal_score import PAPER_PREFIXES, RefusalScorer
 
     rule = rule or CalibrationRule()
@@ -242,7 +242,7 @@ def add_calibrate_subparser(sub: Any) -> None:
     parser = sub.add_parser(
         "calibrate",
         help="choose a family's refusal layer, position and coefficients from training prompts",
-        description="Run the refusal calibration rule (mechtests.areas.refusal_calibrate) on a "
+        description="Run the refusal calibration rule (mechtests.measures.refusal.calibrate) on a "
         "family's checkpoints and training split; print the chosen settings and their evidence "
         "as JSON. Copy the values into the family's refusal block of families.yaml.",
     )

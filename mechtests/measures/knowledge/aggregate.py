@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mechtests.areas.knowledge_runs import (
+from mechtests.claims.model import Claim, Measurement
+from mechtests.measures.knowledge.runs import (
     N_BOOT,
     KnowledgeRun,
     ensure_maps,
@@ -39,13 +40,12 @@ from mechtests.areas.knowledge_runs import (
     knowledge_run,
     seed_for,
 )
-from mechtests.claims.model import Claim, Measurement
 from mechtests.methods.heatmaps import normalize
 from mechtests.methods.stats import bootstrap_interval
 from mechtests.report.plots_knowledge import plot_heatmaps
 
 if TYPE_CHECKING:
-    from mechtests.context import FamilyContext
+    from mechtests.measures.context import FamilyContext
 
 __all__ = ["Pair", "Stat", "caveat", "fact_to_offset", "finite", "judge_datasets", "ld_gap",
            "offset_quantities", "plots", "split_decidable"]

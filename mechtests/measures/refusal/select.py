@@ -18,14 +18,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from mechtests.areas.refusal_runs import refusal_directions, scorers, splits
 from mechtests.data.refusal import format_prompts, template_suffix
+from mechtests.measures.refusal.runs import refusal_directions, scorers, splits
 from mechtests.methods.directions import cosine
 from mechtests.methods.refusal import candidate_directions, select_direction
 from mechtests.sites import site_name
 
 if TYPE_CHECKING:
-    from mechtests.context import FamilyContext
+    from mechtests.measures.context import FamilyContext
 
 __all__ = ["KL_THRESHOLD", "sweep"]
 

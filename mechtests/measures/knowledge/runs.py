@@ -64,8 +64,8 @@ from mechtests.methods.heatmaps import group_columns, recovered_fraction
 from mechtests.methods.patching import clean_logit_diffs, patch_heatmaps_many, resid_sites
 
 if TYPE_CHECKING:
-    from mechtests.context import FamilyContext
     from mechtests.engine.backend import Backend
+    from mechtests.measures.context import FamilyContext
 
 __all__ = [
     "FALSE_RUN",

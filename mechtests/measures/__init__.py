@@ -1,7 +1,7 @@
 """Claim areas: the measure functions that turn a family's models into claim metrics.
 
 Each area module registers its measure functions with :func:`measure`; a claim's ``measure``
-field names one. A measure function receives the :class:`~mechtests.context.FamilyContext`,
+field names one. A measure function receives the :class:`~mechtests.measures.context.FamilyContext`,
 the claim and the model pair ``(reference_role, post_role)``, and returns a
 :class:`~mechtests.claims.model.Measurement`. Area modules orchestrate (which model, which
 prompts, which cached activations); the arithmetic lives in :mod:`mechtests.methods`.
@@ -24,15 +24,15 @@ from mechtests.errors import ConfigError
 
 if TYPE_CHECKING:
     from mechtests.claims.model import Claim, Measurement
-    from mechtests.context import FamilyContext
+    from mechtests.measures.context import FamilyContext
 
 MeasureFn = Callable[["FamilyContext", "Claim", tuple[str, str]], "Measurement"]
 
 AREA_MODULES = (
-    "mechtests.areas.truth",
-    "mechtests.areas.knowledge",
-    "mechtests.areas.refusal",
-    "mechtests.areas.confidence",
+    "mechtests.measures.truth.measures",
+    "mechtests.measures.knowledge.measures",
+    "mechtests.measures.refusal.measures",
+    "mechtests.measures.confidence.measures",
 )
 
 _REGISTRY: dict[str, MeasureFn] = {}

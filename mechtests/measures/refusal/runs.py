@@ -1,7 +1,7 @@
 """Orchestration of the refusal area: data, directions and every generation a model needs.
 
-The refusal claims (:mod:`mechtests.areas.refusal`) read everything from three memoised pieces,
-so each model is loaded as few times as possible:
+The refusal claims (:mod:`mechtests.measures.refusal.measures`) read everything from three
+memoised pieces, so each model is loaded as few times as possible:
 
 * :func:`refusal_directions` - every role's unit refusal direction at the family's layer and
   position, from cached training activations (one load per role, only on a cache miss). Exposed
@@ -39,8 +39,8 @@ from mechtests.sites import site_name
 from mechtests.store import read_checked, texts_problem, write_checked
 
 if TYPE_CHECKING:
-    from mechtests.context import FamilyContext
     from mechtests.engine.backend import Hook
+    from mechtests.measures.context import FamilyContext
 
 __all__ = [
     "MAX_NEW_TOKENS",

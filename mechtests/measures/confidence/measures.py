@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from mechtests.areas import measure
 from mechtests.claims.model import Claim, Measurement
 from mechtests.data.statements import load_statements
+from mechtests.measures import measure
 from mechtests.methods.entropy_neurons import (
     EntropyNeurons,
     NeuronStats,
@@ -40,7 +40,7 @@ from mechtests.methods.entropy_neurons import (
 )
 
 if TYPE_CHECKING:
-    from mechtests.context import FamilyContext
+    from mechtests.measures.context import FamilyContext
     from mechtests.methods.confidence import AblationEntropies, FinalReadout
 
 K = 10

@@ -7,7 +7,7 @@ than the post model's own (limited forward transfer, R5 addition, R6 ablation); 
 direction steers the base model (backward transfer, R7 addition, R8 ablation).
 
 Directions come from the training prompts, refusal rates from the held-out test prompts
-(greedy, 16 new tokens), all through :mod:`mechtests.areas.refusal_runs` so every model is loaded
+(greedy, 16 new tokens), all through :mod:`mechtests.measures.refusal.runs` so every model is loaded
 once per phase. Every measurement carries a control:
 
 * R1: the split-half cosine of the post direction (two disjoint halves of the prompts): the
@@ -37,8 +37,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mechtests.areas import measure
-from mechtests.areas.refusal_runs import (
+from mechtests.claims.model import Measurement
+from mechtests.measures import measure
+from mechtests.measures.refusal.runs import (
     MAX_NEW_TOKENS,
     Condition,
     direction_for,
@@ -48,14 +49,13 @@ from mechtests.areas.refusal_runs import (
     scorers,
     train_activations,
 )
-from mechtests.claims.model import Measurement
 from mechtests.methods.directions import cosine
 from mechtests.methods.refusal import bootstrap_cosine, split_half_directions
 from mechtests.methods.stats import bootstrap_interval
 
 if TYPE_CHECKING:
     from mechtests.claims.model import Claim
-    from mechtests.context import FamilyContext
+    from mechtests.measures.context import FamilyContext
 
 __all__ = ["random_ablation_kept", "refusal_directions"]
 
@@ -210,7 +210,9 @@ def direction_cosine(ctx: FamilyContext, claim: Claim, pair: tuple[str, str]) ->
 def cosine_below_truth(ctx: FamilyContext, claim: Claim, pair: tuple[str, str]) -> Measurement:
     """R2: ``cos_truth(ref, post) - cos_refusal(ref, post)``; control: the same gap between the
     reference and the control base (or a random direction where there is none)."""
-    from mechtests.areas.truth import truth_directions  # the truth area's public function
+    from mechtests.measures.truth.measures import (
+        truth_directions,  # the truth area's public function
+    )
 
     ref, post = pair
     refusal, truth = refusal_directions(ctx), truth_directions(ctx)
@@ -250,7 +252,7 @@ def own_ablation(ctx: FamilyContext, claim: Claim, pair: tuple[str, str]) -> Mea
     if claim.params.get("sweep"):
         kept = extra["random_ablation_kept"]
         if isinstance(kept, float) and kept >= SWEEP_MIN_RANDOM_ABLATION_KEPT:
-            from mechtests.areas.refusal_select import sweep
+            from mechtests.measures.refusal.select import sweep
 
             extra["selection_sweep"] = sweep(ctx, post)
         else:  # no refusals to remove, or every ablation wrecks the model

@@ -1,8 +1,8 @@
 """Orchestration of the truth area: statements, activations, directions and steering runs.
 
-The truth claims (:mod:`mechtests.areas.truth`) read everything from three memoised pieces, so
-each model is visited at most twice per process (once for activations, once for steering; the
-second visit starts with the model still loaded from the first):
+The truth claims (:mod:`mechtests.measures.truth.measures`) read everything from three memoised
+pieces, so each model is visited at most twice per process (once for activations, once for
+steering; the second visit starts with the model still loaded from the first):
 
 * :func:`truth_datasets` - the family's training datasets and held-out dataset
   (``truth.train_datasets``, ``truth.heldout_dataset``), each subsampled by ``ctx.subsample``.
@@ -53,7 +53,7 @@ from mechtests.sites import site_name
 from mechtests.store import number_list_problem, read_checked, write_checked
 
 if TYPE_CHECKING:
-    from mechtests.context import FamilyContext
+    from mechtests.measures.context import FamilyContext
 
 __all__ = [
     "N_BOOT",

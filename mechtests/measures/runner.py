@@ -14,8 +14,8 @@ from typing import Any
 from mechtests.claims.model import Claim, Judgement, Measurement, ThresholdSpec, Verdict
 from mechtests.claims.thresholds import Thresholds
 from mechtests.claims.verdict import judge
-from mechtests.context import FamilyContext, RunOptions
 from mechtests.families import Family
+from mechtests.measures.context import FamilyContext, RunOptions
 from mechtests.report.cards import find_card
 
 
@@ -114,7 +114,7 @@ class ClaimRunner:
 
     def run(self, case: ClaimCase) -> tuple[ClaimRecord, Judgement]:
         """Measure and judge ``case``; exceptions propagate to the caller after nothing."""
-        from mechtests.areas import get_measure
+        from mechtests.measures import get_measure
 
         spec = self.thresholds.spec(case.claim.id, case.family)
         record = self.base_record(case, spec)

@@ -22,7 +22,7 @@ Controls. K1-K4: the same comparison with the independent control base's heatmap
 the post model's where the family has one (two unrelated models already share much of a
 heatmap's structure), else with the post heatmap's layers reversed. K5 is itself the reversed
 null; its control is the real ``r``. X1-X3: the null source of each patch in place of its source
-(:func:`mechtests.areas.knowledge_runs.null_source`): the control base's TRUE activations where
+(:func:`mechtests.measures.knowledge.runs.null_source`): the control base's TRUE activations where
 the family has one, else the source model's own FALSE-prompt activations at the same sites.
 Why the FALSE run of the source is the right null for each claim without a control base:
 
@@ -47,7 +47,7 @@ between the two models; their readouts can differ by more than the fact's whole 
 (Gemma-3-270M on ``cities``: mean ``LD_F`` -0.69 base, -0.33 instruct, gaps 0.025 and 0.044).
 The min-max range of ``N`` and the scale of ``R`` are then set by the offset, and no map statistic
 can tell the fact from the model. Each measure reports ``fact_to_offset``
-(:func:`mechtests.areas.knowledge_aggregate.fact_to_offset`) for the patches it reads (X3: both
+(:func:`mechtests.measures.knowledge.aggregate.fact_to_offset`) for the patches it reads (X3: both
 directions, the worse one), which thresholds.yaml requires to be at least 1.
 
 Cells (``params.cells``): ``interior`` (default for K1, K3, K5) drops cells fixed by the
@@ -65,8 +65,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mechtests.areas import measure
-from mechtests.areas.knowledge_aggregate import (
+from mechtests.claims.model import Claim, Measurement
+from mechtests.measures import measure
+from mechtests.measures.knowledge.aggregate import (
     Pair,
     Stat,
     caveat,
@@ -76,7 +77,7 @@ from mechtests.areas.knowledge_aggregate import (
     plots,
     split_decidable,
 )
-from mechtests.areas.knowledge_runs import (
+from mechtests.measures.knowledge.runs import (
     N_BOOT,
     KnowledgeRun,
     ensure_maps,
@@ -86,7 +87,6 @@ from mechtests.areas.knowledge_runs import (
     null_source,
     seed_for,
 )
-from mechtests.claims.model import Claim, Measurement
 from mechtests.methods.heatmaps import (
     hot_cells,
     interior_mask,
@@ -102,7 +102,7 @@ from mechtests.methods.heatmaps import (
 from mechtests.methods.stats import bootstrap_interval
 
 if TYPE_CHECKING:
-    from mechtests.context import FamilyContext
+    from mechtests.measures.context import FamilyContext
 
 
 

@@ -1,0 +1,1 @@
+"""Entropy neurons: the measures of the confidence claims (``measures``)."""

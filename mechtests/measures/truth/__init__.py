@@ -1,0 +1,2 @@
+"""Truth directions, probes and steering: model visits and caches (``runs``) and the measures of
+the truth claims (``measures``)."""
