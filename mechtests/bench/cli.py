@@ -212,7 +212,7 @@ def run_bench(args: argparse.Namespace) -> int:
                 t0 = time.perf_counter()
                 status, message = "ok", ""
                 try:
-                    get_measure(claim.measure)(ctx, claim, pair)
+                    get_measure(claim.id)(ctx, claim, pair)
                 except DatasetsUnavailable as exc:
                     status, message = "skipped", str(exc).splitlines()[0][:200]
                 except Exception as exc:  # a failing claim is reported, the bench goes on

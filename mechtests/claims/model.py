@@ -1,6 +1,6 @@
 """The claim table's types: what a claim is, what a measurement returns, how it is judged.
 
-A claim never computes. Its ``measure`` names a function registered by an area module
+A claim never computes. Its id names the function registered for it by an area package
 (:mod:`mechtests.measures`), which returns a :class:`Measurement`: the metric, the same metric on a
 control (an independent base, a random direction, a shuffled heatmap) and, where sampling
 matters, a bootstrap interval. Its ``details`` also carry the numbers the claim's
@@ -41,7 +41,6 @@ class Claim:
     statement: str  # one sentence a reader can check against the paper
     paper: str  # where it comes from (docs/claims.md section, paper claim number)
     metric: str  # name of the measured quantity
-    measure: str  # registered measure function
     control: str  # what the control is, in words
     pairs: tuple[tuple[str, str], ...] = (("base", "sft"), ("base", "instruct"))
     params: Mapping[str, Any] = field(default_factory=dict)

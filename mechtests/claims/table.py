@@ -1,7 +1,8 @@
 """The claim table: every ``mechtests/claims/*.yaml`` file, parsed and validated.
 
 Each file is a list of claims of one area (see :class:`~mechtests.claims.model.Claim`). Ids are
-dotted lower-snake and unique; the same id is the test id, the thresholds key and the report row.
+dotted lower-snake and unique; the same id is the test id, the thresholds key, the report row and
+the name its measure function is registered under (:func:`mechtests.measures.measure`).
 """
 
 from __future__ import annotations
@@ -17,12 +18,18 @@ from mechtests.errors import ConfigError
 
 CLAIMS_DIR = Path(__file__).resolve().parent
 _ID_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$")
-_FIELDS = {"id", "area", "statement", "paper", "metric", "measure", "control", "pairs", "params"}
+_FIELDS = {"id", "area", "statement", "paper", "metric", "control", "pairs", "params"}
 _REQUIRED = _FIELDS - {"pairs", "params"}
 
 
 def _parse(entry: dict[str, Any], source: Path) -> Claim:
     where = f"{source.name}: claim {entry.get('id', '?')!r}"
+    if "measure" in entry:
+        raise ConfigError(
+            f"{where} has a 'measure' key; expected none: a claim's measure is the function "
+            "registered under its id. Fix: remove the key and register the function with "
+            "@measure(\"<claim id>\") (mechtests/measures/<area>/measures.py)."
+        )
     unknown = set(entry) - _FIELDS
     if unknown:
         raise ConfigError(
@@ -43,7 +50,6 @@ def _parse(entry: dict[str, Any], source: Path) -> Claim:
         statement=str(entry["statement"]),
         paper=str(entry["paper"]),
         metric=str(entry["metric"]),
-        measure=str(entry["measure"]),
         control=str(entry["control"]),
         pairs=tuple((str(a), str(b)) for a, b in pairs),
         params=dict(entry.get("params") or {}),

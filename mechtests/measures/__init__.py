@@ -1,14 +1,16 @@
-"""Claim areas: the measure functions that turn a family's models into claim metrics.
+"""Measures: the functions that turn a family's models into claim metrics, one per claim.
 
-Each area module registers its measure functions with :func:`measure`; a claim's ``measure``
-field names one. A measure function receives the :class:`~mechtests.measures.context.FamilyContext`,
-the claim and the model pair ``(reference_role, post_role)``, and returns a
-:class:`~mechtests.claims.model.Measurement`. Area modules orchestrate (which model, which
-prompts, which cached activations); the arithmetic lives in :mod:`mechtests.methods`.
+Each area package (``knowledge``, ``truth``, ``refusal``, ``confidence``) registers its measure
+functions with :func:`measure` under the ids of the claims they measure, so a claim's id names
+its measure; two claims that differ only in ``params`` share one function. A measure function
+receives the :class:`~mechtests.measures.context.FamilyContext`, the claim and the model pair
+``(reference_role, post_role)``, and returns a :class:`~mechtests.claims.model.Measurement`.
+The area packages orchestrate (which model, which prompts, which cached activations); the
+arithmetic lives in :mod:`mechtests.methods`, the plots in :mod:`mechtests.report`.
 
 Example::
 
-    @measure("truth.direction_cosine")
+    @measure("truth.direction.cosine")
     def direction_cosine(ctx, claim, pair):
         ...
         return Measurement(metric=cos, control=cos_null, control_label="control base")
@@ -16,8 +18,9 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from mechtests.errors import ConfigError
@@ -38,30 +41,59 @@ AREA_MODULES = (
 _REGISTRY: dict[str, MeasureFn] = {}
 
 
-def measure(name: str) -> Callable[[MeasureFn], MeasureFn]:
-    """Register a measure function under ``name``."""
+def measure(*claim_ids: str) -> Callable[[MeasureFn], MeasureFn]:
+    """Register a measure function under the ids of the claims it measures."""
 
     def register(fn: MeasureFn) -> MeasureFn:
-        if name in _REGISTRY and _REGISTRY[name] is not fn:
-            raise ConfigError(f"measure {name!r} is registered twice. Fix: rename one of them.")
-        _REGISTRY[name] = fn
+        for claim_id in claim_ids:
+            if claim_id in _REGISTRY and _REGISTRY[claim_id] is not fn:
+                raise ConfigError(f"two measures are registered for claim {claim_id!r}. "
+                                  "Fix: register one function per claim id.")
+            _REGISTRY[claim_id] = fn
         return fn
 
     return register
 
 
-def get_measure(name: str) -> MeasureFn:
-    """The measure function called ``name`` (imports the area modules on first use)."""
-    if name not in _REGISTRY:
-        for module in AREA_MODULES:
-            try:
-                importlib.import_module(module)
-            except ModuleNotFoundError as exc:
-                if exc.name != module:
-                    raise
-    if name not in _REGISTRY:
+def registered_measures() -> dict[str, MeasureFn]:
+    """Every registered measure by claim id (imports the area modules on first use)."""
+    for module in AREA_MODULES:
+        importlib.import_module(module)
+    return dict(_REGISTRY)
+
+
+def check_measures(claim_ids: Iterable[str]) -> None:
+    """Every claim has a measure and every measure a claim; else one ConfigError naming them."""
+    claims, measures = set(claim_ids), set(registered_measures())
+    if claims - measures:
         raise ConfigError(
-            f"claim measure {name!r} is not registered; known: {', '.join(sorted(_REGISTRY))}. "
-            "Fix: correct the claim's 'measure' field or register the function with @measure."
+            f"claims {', '.join(sorted(claims - measures))} have no measure; expected one "
+            "function registered under each claim id. Fix: add @measure(\"<claim id>\") to the "
+            "function that measures it (mechtests/measures/<area>/measures.py).")
+    if measures - claims:
+        raise ConfigError(
+            f"measures {', '.join(sorted(measures - claims))} are registered for no claim; "
+            "expected each id in mechtests/claims/*.yaml. Fix: correct the id in @measure or "
+            "add the claim.")
+
+
+def get_measure(claim_id: str) -> MeasureFn:
+    """The measure function of the claim ``claim_id``; the first call checks that the claim
+    table and the registered measures match (:func:`check_measures`)."""
+    registry = _checked_registry()
+    if claim_id not in registry:
+        raise ConfigError(
+            f"claim {claim_id!r} has no measure; known: {', '.join(sorted(registry))}. "
+            "Fix: correct the claim id or register its function with @measure."
         )
-    return _REGISTRY[name]
+    return registry[claim_id]
+
+
+@functools.cache
+def _checked_registry() -> dict[str, MeasureFn]:
+    """The registry, once the claim table and it are known to match (a mismatch raises again
+    on every call)."""
+    from mechtests.claims.table import load_claims
+
+    check_measures(claim.id for claim in load_claims())
+    return _REGISTRY

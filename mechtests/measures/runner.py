@@ -120,7 +120,7 @@ class ClaimRunner:
         record = self.base_record(case, spec)
         ctx = self.context(case.family)
         start = time.perf_counter()
-        measurement: Measurement = get_measure(case.claim.measure)(ctx, case.claim, case.pair)
+        measurement: Measurement = get_measure(case.claim.id)(ctx, case.claim, case.pair)
         record.seconds = round(time.perf_counter() - start, 3)
         judgement = judge(measurement, spec)
         if ctx.family.random_weights:

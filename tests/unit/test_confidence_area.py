@@ -50,7 +50,7 @@ def test_every_confidence_claim_has_a_measure_and_a_threshold() -> None:
     thresholds = load_thresholds(claim_ids=[c.id for c in load_claims()])
     for claim in load_claims():
         if claim.area == "confidence":
-            get_measure(claim.measure)
+            get_measure(claim.id)
             assert thresholds.spec(claim.id, "tiny").source
     assert thresholds.expected_failure("confidence.entropy_neurons.explain_shift", "organism")
 
@@ -71,7 +71,7 @@ def test_weight_claims_report_metric_control_and_load_each_model_once(
     for claim_id in ("overlap", "robust", "chance_control"):
         claim = _claim(f"confidence.entropy_neurons.{claim_id}")
         for pair in claim.pairs:
-            m = get_measure(claim.measure)(ctx, claim, pair)
+            m = get_measure(claim.id)(ctx, claim, pair)
             assert m.control is not None
             assert m.control_label
             if claim_id == "overlap":
@@ -90,7 +90,7 @@ def test_weight_claims_report_metric_control_and_load_each_model_once(
 def test_explain_shift_reports_the_share_its_interval_and_the_shift(ctx: FamilyContext) -> None:
     claim = _claim("confidence.entropy_neurons.explain_shift", datasets=["toy"], n_prompts=8,
                    batch_size=4)
-    m = get_measure(claim.measure)(ctx, claim, ("base", "instruct"))
+    m = get_measure(claim.id)(ctx, claim, ("base", "instruct"))
     assert m.n == 8
     assert m.interval is not None
     assert m.control is not None

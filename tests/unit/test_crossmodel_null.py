@@ -48,7 +48,7 @@ def noisy_post(tmp_path_factory: pytest.TempPathFactory) -> Any:
 def _measure(ctx: Any, claim_id: str) -> Any:
     claim = next(c for c in load_claims() if c.id == claim_id)
     claim = replace(claim, params={**claim.params, "n_boot": 20})
-    return get_measure(claim.measure)(ctx, claim, ("base", "instruct"))
+    return get_measure(claim.id)(ctx, claim, ("base", "instruct"))
 
 
 def test_without_a_control_base_the_null_of_a_patch_is_its_source_models_false_run(

@@ -80,7 +80,7 @@ def _judged_forward_correlation(monkeypatch: pytest.MonkeyPatch, run: Any) -> An
                           options=SimpleNamespace(seed=0))
     claim = next(c for c in load_claims() if c.id == "crossmodel.forward.correlation")
     claim = replace(claim, params={**claim.params, "n_boot": 200})
-    measurement = get_measure(claim.measure)(ctx, claim, ("base", "instruct"))
+    measurement = get_measure(claim.id)(ctx, claim, ("base", "instruct"))
     return measurement, judge(measurement, load_thresholds(None).spec(claim.id, "organism"))
 
 

@@ -49,7 +49,7 @@ def test_every_knowledge_claim_has_a_threshold_with_a_source_and_a_control() -> 
 def test_measure_returns_metric_control_and_artifacts(ctx: Any, claim_id: str) -> None:
     claim = next(c for c in _claims() if c.id == claim_id)
     claim = replace(claim, params={**claim.params, "n_boot": 20})
-    m = get_measure(claim.measure)(ctx, claim, ("base", "instruct"))
+    m = get_measure(claim.id)(ctx, claim, ("base", "instruct"))
     assert m.control is not None
     assert m.control_label
     # X3 pools every dataset that can decide (all of them when none can)
@@ -79,7 +79,7 @@ def test_the_control_base_is_visited_and_the_readout_cell_recovers(ctx: Any) -> 
 
 def test_self_patch_reports_the_dataset_with_the_weakest_control_contrast(ctx: Any) -> None:
     claim = next(c for c in _claims() if c.id == "crossmodel.self_patch")
-    m = get_measure(claim.measure)(ctx, claim, ("base", "instruct"))
+    m = get_measure(claim.id)(ctx, claim, ("base", "instruct"))
     rows = m.details["datasets"]
     weakest = min(rows, key=lambda d: rows[d]["control"] - rows[d]["metric"])
     assert m.details["dataset"] == weakest

@@ -68,10 +68,10 @@ def measured(workdir: Path) -> dict[tuple[str, tuple[str, str]], object]:
     try:
         out: dict[tuple[str, tuple[str, str]], object] = {}
         for claim in load_claims():
-            if claim.area != "refusal" or claim.measure == "refusal.cosine_below_truth":
+            if claim.area != "refusal" or claim.id == "refusal.direction.below_truth":
                 continue
             for pair in claim.pairs:
-                out[(claim.id, pair)] = get_measure(claim.measure)(ctx, claim, pair)
+                out[(claim.id, pair)] = get_measure(claim.id)(ctx, claim, pair)
     finally:
         engine.load_backend = original  # type: ignore[assignment]
     out[("loads", ("", ""))] = loads
@@ -146,7 +146,7 @@ def test_a_second_run_reads_generations_from_disk(measured: dict, workdir: Path,
     ctx = _context(workdir)
     monkeypatch.setattr(engine, "load_backend", lambda *a, **k: pytest.fail("model loaded"))
     claim = next(c for c in load_claims() if c.id == "refusal.backward.addition")
-    again = get_measure(claim.measure)(ctx, claim, ("base", "instruct"))
+    again = get_measure(claim.id)(ctx, claim, ("base", "instruct"))
     assert again.metric == measured[(claim.id, ("base", "instruct"))].metric
 
 

@@ -21,7 +21,7 @@ from mechtests.measures.truth.runs import role_truth, steering, truth_datasets
 
 SHARED_DATASETS = Path(__file__).parents[2] / ".." / "shared" / "datasets"
 TRUTH_CLAIMS = [c for c in load_claims() if c.area == "truth"]
-LOCAL_CLAIMS = [c for c in TRUTH_CLAIMS if c.measure != "truth.direction_vs_refusal"]
+LOCAL_CLAIMS = [c for c in TRUTH_CLAIMS if c.id != "truth.direction.beats_refusal"]
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_every_truth_measure_returns_a_metric_control_and_interval(
     from mechtests.claims.model import Claim
 
     assert isinstance(claim, Claim)
-    m = get_measure(claim.measure)(tiny_ctx, claim, ("base", "instruct"))
+    m = get_measure(claim.id)(tiny_ctx, claim, ("base", "instruct"))
     assert isinstance(m, Measurement)
     assert math.isfinite(m.metric)
     assert m.control is not None
@@ -74,7 +74,7 @@ def test_every_truth_measure_returns_a_metric_control_and_interval(
 def test_steering_measures_report_the_own_vector_effect_their_precondition_reads(
     tiny_ctx: FamilyContext, claim: Any
 ) -> None:
-    m = get_measure(claim.measure)(tiny_ctx, claim, ("base", "instruct"))
+    m = get_measure(claim.id)(tiny_ctx, claim, ("base", "instruct"))
     own = m.details.get("own", "instruct")  # the ratios name the steered model; else post
     assert m.details["model"] == own
     assert m.details["own_ie"] == pytest.approx(m.details[own]["ie"])
@@ -127,7 +127,7 @@ def test_paper_truth_datasets_run_through_the_probe_pipeline_on_the_tiny_family(
     for claim_id in ("truth.direction.cosine", "truth.probe.transfer_accuracy",
                      "truth.steering.forward_effect"):
         claim = by_id[claim_id]
-        m = get_measure(claim.measure)(ctx, claim, ("base", "instruct"))
+        m = get_measure(claim.id)(ctx, claim, ("base", "instruct"))
         assert math.isfinite(m.metric)
     run = steering(ctx)["instruct"]
     assert run.n_true + run.n_false == 32

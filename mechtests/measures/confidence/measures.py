@@ -98,7 +98,7 @@ def _set_details(sel: EntropyNeurons) -> dict[str, Any]:
     }
 
 
-@measure("confidence.entropy_overlap")
+@measure("confidence.entropy_neurons.overlap")
 def entropy_overlap(ctx: FamilyContext, claim: Claim, pair: tuple[str, str]) -> Measurement:
     """E1: shared top-k entropy neurons between the pair (docs/claims.md (claim 5))."""
     params = dict(claim.params)
@@ -135,7 +135,7 @@ def entropy_overlap(ctx: FamilyContext, claim: Claim, pair: tuple[str, str]) -> 
                        n=a.k, details=details)
 
 
-@measure("confidence.entropy_robustness")
+@measure("confidence.entropy_neurons.robust")
 def entropy_robustness(ctx: FamilyContext, claim: Claim, pair: tuple[str, str]) -> Measurement:
     """E2: the smallest shared fraction ``s / k`` over a grid of k and norm cuts."""
     params = dict(claim.params)
@@ -167,7 +167,7 @@ def entropy_robustness(ctx: FamilyContext, claim: Claim, pair: tuple[str, str]) 
     )
 
 
-@measure("confidence.entropy_chance")
+@measure("confidence.entropy_neurons.chance_control")
 def entropy_chance(ctx: FamilyContext, claim: Claim, pair: tuple[str, str]) -> Measurement:
     """E4: mean shared count of k random post top-norm-pool neurons with the ref top-k.
 
@@ -249,7 +249,7 @@ def _share(clean_ref: torch.Tensor, clean_post: torch.Tensor, abl_ref: torch.Ten
     return 1.0 - float((abl_ref - abl_post).mean()) / shift if shift != 0.0 else float("nan")
 
 
-@measure("confidence.entropy_shift_explained")
+@measure("confidence.entropy_neurons.explain_shift")
 def entropy_shift_explained(ctx: FamilyContext, claim: Claim,
                             pair: tuple[str, str]) -> Measurement:
     """Share of the ref->post entropy shift removed by mean-ablating each model's entropy

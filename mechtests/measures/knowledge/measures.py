@@ -4,19 +4,19 @@ Measures, on a pair ``(ref, post)`` (``ref`` is the base); ``N`` = the paper's `
 of a mean patching heatmap ``A``, ``R`` = recovered fraction, ``Rk`` = max of ``R`` over the
 knowledge columns:
 
-===================================  ========================================================
-measure                              metric
-===================================  ========================================================
-``knowledge.heatmap_correlation``    K1: Pearson ``r(N(A_ref), N(A_post))``
-``knowledge.heatmap_maxdiff``        K2: ``max |N(A_ref) - N(A_post)|`` on knowledge columns
-``knowledge.heatmap_hot_cells``      K3: Jaccard of the cells with ``N >= 0.5``
-``knowledge.heatmap_peak_layer``     K4: ``|peak_ref - peak_post| / n_layers`` (last subject)
-``knowledge.heatmap_reversed``       K5: ``r(N(A_ref), N(A_post) with layers reversed)``
-``crossmodel.forward_correlation``   X1: ``r(N(A_ref->post), N(A_post->post))``
-``crossmodel.forward_recovery``      X2: ``Rk(ref->post) / Rk(post->post)``
-``crossmodel.asymmetry``             X3: ``Rk(ref->post) - Rk(post->ref)``, majority of datasets
-``crossmodel.self_patch``            X4: ``|R(last layer, last token) - 1|`` of self-patching
-===================================  ========================================================
+=======================================  ===========================================================
+claim id                                 metric
+=======================================  ===========================================================
+``knowledge.heatmap.correlation``        K1: Pearson ``r(N(A_ref), N(A_post))``
+``knowledge.heatmap.knowledge_maxdiff``  K2: ``max |N(A_ref) - N(A_post)|`` on knowledge columns
+``knowledge.heatmap.hot_cells``          K3: Jaccard of the cells with ``N >= 0.5``
+``knowledge.heatmap.peak_layer``         K4: ``|peak_ref - peak_post| / n_layers`` (last subject)
+``knowledge.heatmap.reversed_control``   K5: ``r(N(A_ref), N(A_post) with layers reversed)``
+``crossmodel.forward.correlation``       X1: ``r(N(A_ref->post), N(A_post->post))``
+``crossmodel.forward.recovery``          X2: ``Rk(ref->post) / Rk(post->post)``
+``crossmodel.asymmetry``                 X3: ``Rk(ref->post) - Rk(post->ref)``, majority of datasets
+``crossmodel.self_patch``                X4: ``|R(last layer, last token) - 1|`` of self-patching
+=======================================  ===========================================================
 
 Controls. K1-K4: the same comparison with the independent control base's heatmap in place of
 the post model's where the family has one (two unrelated models already share much of a
@@ -163,13 +163,13 @@ def _self_extra(run: KnowledgeRun, ref: str, post: str) -> dict[str, Any]:
     }
 
 
-@measure("knowledge.heatmap_correlation")
+@measure("knowledge.heatmap.correlation")
 def heatmap_correlation(ctx: FamilyContext, claim: Claim, pair: Pair) -> Measurement:
     """K1: Pearson r of the normalised heatmaps (interior cells by default)."""
     return _self_claim(ctx, claim, pair, ">=", lambda run, a, b, m: pearson_r(a, b, m))
 
 
-@measure("knowledge.heatmap_maxdiff")
+@measure("knowledge.heatmap.knowledge_maxdiff")
 def heatmap_maxdiff(ctx: FamilyContext, claim: Claim, pair: Pair) -> Measurement:
     """K2: the largest normalised difference on the knowledge (subject/object) columns."""
     return _self_claim(ctx, claim, pair, "<=",
@@ -177,7 +177,7 @@ def heatmap_maxdiff(ctx: FamilyContext, claim: Claim, pair: Pair) -> Measurement
                        default_cells="all")
 
 
-@measure("knowledge.heatmap_hot_cells")
+@measure("knowledge.heatmap.hot_cells")
 def heatmap_hot_cells(ctx: FamilyContext, claim: Claim, pair: Pair) -> Measurement:
     """K3: Jaccard overlap of the cells with ``N >= params.hot`` (0.5)."""
     hot = float(claim.params.get("hot", 0.5))
@@ -185,7 +185,7 @@ def heatmap_hot_cells(ctx: FamilyContext, claim: Claim, pair: Pair) -> Measureme
                        lambda run, a, b, m: jaccard(hot_cells(a, hot), hot_cells(b, hot), m))
 
 
-@measure("knowledge.heatmap_peak_layer")
+@measure("knowledge.heatmap.peak_layer")
 def heatmap_peak_layer(ctx: FamilyContext, claim: Claim, pair: Pair) -> Measurement:
     """K4: the shift of the last subject column's peak layer, as a fraction of the depth.
 
@@ -218,7 +218,7 @@ def heatmap_peak_layer(ctx: FamilyContext, claim: Claim, pair: Pair) -> Measurem
     return judge_datasets(ctx, claim, pair, "<=", keys, metric, control, label, extra=extra)
 
 
-@measure("knowledge.heatmap_reversed")
+@measure("knowledge.heatmap.reversed_control")
 def heatmap_reversed(ctx: FamilyContext, claim: Claim, pair: Pair) -> Measurement:
     """K5: r against the post heatmap with its layers reversed; the control is the real r."""
     ref, post = pair
@@ -242,7 +242,7 @@ def heatmap_reversed(ctx: FamilyContext, claim: Claim, pair: Pair) -> Measuremen
 
 
 # -- X1-X4: cross-model patching ------------------------------------------------------------------
-@measure("crossmodel.forward_correlation")
+@measure("crossmodel.forward.correlation")
 def forward_correlation(ctx: FamilyContext, claim: Claim, pair: Pair) -> Measurement:
     """X1: r between ref -> post and post's own heatmap (all cells by default)."""
     ref, post = pair
@@ -263,7 +263,7 @@ def _rk(run: KnowledgeRun, key: Pair, idx: np.ndarray) -> float:
     return knowledge_recovery(run.recovered(key, idx), run.knowledge_columns)
 
 
-@measure("crossmodel.forward_recovery")
+@measure("crossmodel.forward.recovery")
 def forward_recovery(ctx: FamilyContext, claim: Claim, pair: Pair) -> Measurement:
     """X2: ``Rk(ref -> post) / Rk(post -> post)`` on the same resample."""
     ref, post = pair

@@ -180,7 +180,7 @@ def _hardest_null(ctx: FamilyContext, model: str, values: Callable[[str], float]
 # -- R1, R2: directions ------------------------------------------------------------------------
 
 
-@measure("refusal.direction_cosine")
+@measure("refusal.direction.low_cosine")
 def direction_cosine(ctx: FamilyContext, claim: Claim, pair: tuple[str, str]) -> Measurement:
     """R1: ``cos(r_ref, r_post)`` at the family's layer; control: split-half cos of ``r_post``."""
     ref, post = pair
@@ -206,7 +206,7 @@ def direction_cosine(ctx: FamilyContext, claim: Claim, pair: tuple[str, str]) ->
                        n=int(acts_post[0].shape[0] + acts_post[1].shape[0]), details=details)
 
 
-@measure("refusal.cosine_below_truth")
+@measure("refusal.direction.below_truth")
 def cosine_below_truth(ctx: FamilyContext, claim: Claim, pair: tuple[str, str]) -> Measurement:
     """R2: ``cos_truth(ref, post) - cos_refusal(ref, post)``; control: the same gap between the
     reference and the control base (or a random direction where there is none)."""
@@ -238,7 +238,7 @@ def cosine_below_truth(ctx: FamilyContext, claim: Claim, pair: tuple[str, str]) 
 # -- R3, R4: the post model's own direction ---------------------------------------------------
 
 
-@measure("refusal.own_ablation")
+@measure("refusal.ablation.own_post")
 def own_ablation(ctx: FamilyContext, claim: Claim, pair: tuple[str, str]) -> Measurement:
     """R3: refusal of ``post`` on harmful test prompts with its own direction ablated."""
     post, scorer = pair[1], _scorer(claim)
@@ -264,7 +264,7 @@ def own_ablation(ctx: FamilyContext, claim: Claim, pair: tuple[str, str]) -> Mea
                          (null, label), len(f), extra)
 
 
-@measure("refusal.own_addition")
+@measure("refusal.addition.own_post")
 def own_addition(ctx: FamilyContext, claim: Claim, pair: tuple[str, str]) -> Measurement:
     """R4: refusal of ``post`` on harmless test prompts with ``c r_post`` added."""
     post, scorer = pair[1], _scorer(claim)
@@ -281,7 +281,7 @@ def own_addition(ctx: FamilyContext, claim: Claim, pair: tuple[str, str]) -> Mea
 # -- R5, R6: forward transfer (the reference direction on the post model) ---------------------
 
 
-@measure("refusal.forward_addition")
+@measure("refusal.forward.addition")
 def forward_addition(ctx: FamilyContext, claim: Claim, pair: tuple[str, str]) -> Measurement:
     """R5: ``refusal(post + c r_post) - refusal(post + c r_ref)`` on harmless test prompts."""
     ref, post = pair
@@ -298,7 +298,7 @@ def forward_addition(ctx: FamilyContext, claim: Claim, pair: tuple[str, str]) ->
                              "samples": _samples(ctx, post, Condition("addition", HARMLESS, ref))})
 
 
-@measure("refusal.forward_ablation")
+@measure("refusal.forward.ablation")
 def forward_ablation(ctx: FamilyContext, claim: Claim, pair: tuple[str, str]) -> Measurement:
     """R6: ``refusal(post, ablate r_ref) / refusal(post)`` on harmful test prompts."""
     ref, post = pair
@@ -321,7 +321,7 @@ def forward_ablation(ctx: FamilyContext, claim: Claim, pair: tuple[str, str]) ->
 # -- R7, R8: backward transfer (the post direction on the reference model) --------------------
 
 
-@measure("refusal.backward_addition")
+@measure("refusal.backward.addition")
 def backward_addition(ctx: FamilyContext, claim: Claim, pair: tuple[str, str]) -> Measurement:
     """R7: ``refusal(ref + c r_post) - refusal(ref)`` on harmless test prompts."""
     ref, post = pair
@@ -338,7 +338,7 @@ def backward_addition(ctx: FamilyContext, claim: Claim, pair: tuple[str, str]) -
                              "samples": _samples(ctx, ref, Condition("addition", HARMLESS, post))})
 
 
-@measure("refusal.backward_ablation")
+@measure("refusal.backward.ablation")
 def backward_ablation(ctx: FamilyContext, claim: Claim, pair: tuple[str, str]) -> Measurement:
     """R8: ``refusal(ref, ablate r_post) / refusal(ref)`` on harmful test prompts (NaN, with the
     reason in ``details``, when the reference model never refuses)."""

@@ -2,17 +2,17 @@
 
 Measures for T1-T6 of docs/claims.md (claim 3), on a pair ``(ref, post)`` (``ref`` is the base):
 
-==================================  =========================================================
-measure                             metric
-==================================  =========================================================
-``truth.direction_cosine``          T1: ``cos(d_ref, d_post)`` at ``probe_layer``
-``truth.direction_vs_refusal``      T2: ``cos_truth(ref, post) - cos_refusal(ref, post)``
-``truth.probe_transfer_accuracy``   T3: held-out accuracy of the ref probe on post activations
-``truth.probe_transfer_gap``        T3: that accuracy minus the post model's own probe's
-``truth.steering_effect``           T4: ``IE(ref -> post)``
-``truth.steering_ratio``            T4/T5: ``IE(src -> model) / IE(model -> model)``
-``truth.steering_random``           T6: ``IE(random -> post)``, random vectors of norm ``|v_ref|``
-==================================  =========================================================
+=================================  ==============================================================
+claim id                           metric
+=================================  ==============================================================
+``truth.direction.cosine``         T1: ``cos(d_ref, d_post)`` at ``probe_layer``
+``truth.direction.beats_refusal``  T2: ``cos_truth(ref, post) - cos_refusal(ref, post)``
+``truth.probe.transfer_accuracy``  T3: held-out accuracy of the ref probe on post activations
+``truth.probe.transfer_gap``       T3: that accuracy minus the post model's own probe's
+``truth.steering.forward_effect``  T4: ``IE(ref -> post)``
+``truth.steering.*_ratio``         T4/T5: ``IE(src -> model) / IE(model -> model)``
+``truth.steering.random_control``  T6: ``IE(random -> post)``, random vectors of norm ``|v_ref|``
+=================================  ==============================================================
 
 Controls: the independently trained control base where the family has one (its direction,
 probe or steering vector in place of the base's: unrelated models share nothing by chance),
@@ -83,7 +83,7 @@ def _cosine_plot(ctx: FamilyContext, roles: dict[str, RoleTruth], ref: str) -> s
     return str(path)
 
 
-@measure("truth.direction_cosine")
+@measure("truth.direction.cosine")
 def direction_cosine(ctx: FamilyContext, claim: Claim, pair: tuple[str, str]) -> Measurement:
     """T1: the truth directions of ``ref`` and ``post`` at ``probe_layer`` point the same way."""
     ref, post = pair
@@ -112,7 +112,7 @@ def direction_cosine(ctx: FamilyContext, claim: Claim, pair: tuple[str, str]) ->
                        (_cosine_plot(ctx, roles, ref),))
 
 
-@measure("truth.direction_vs_refusal")
+@measure("truth.direction.beats_refusal")
 def direction_vs_refusal(ctx: FamilyContext, claim: Claim, pair: tuple[str, str]) -> Measurement:
     """T2: the truth direction is much more shared than the refusal direction (claims 3 vs 4)."""
     from mechtests.measures.refusal.runs import refusal_directions
@@ -189,7 +189,7 @@ def _fit_probes(ctx: FamilyContext, pair: tuple[str, str], kind: str, train: tup
             "artifact": str(path), "n": int(test_labels.shape[0])}
 
 
-@measure("truth.probe_transfer_accuracy")
+@measure("truth.probe.transfer_accuracy")
 def probe_transfer_accuracy(ctx: FamilyContext, claim: Claim, pair: tuple[str, str]
                             ) -> Measurement:
     """T3: a probe trained on ``ref`` classifies ``post``'s held-out statements."""
@@ -201,7 +201,7 @@ def probe_transfer_accuracy(ctx: FamilyContext, claim: Claim, pair: tuple[str, s
                        p["n"], p["details"], (p["artifact"],))
 
 
-@measure("truth.probe_transfer_gap")
+@measure("truth.probe.transfer_gap")
 def probe_transfer_gap(ctx: FamilyContext, claim: Claim, pair: tuple[str, str]) -> Measurement:
     """T3: the ref probe is nearly as accurate on ``post`` as ``post``'s own probe."""
     ref, post = pair
@@ -278,7 +278,7 @@ def _all_vectors(run: SteeringRun) -> tuple[str, ...]:
     return tuple(run.result.true_subtract)
 
 
-@measure("truth.steering_effect")
+@measure("truth.steering.forward_effect")
 def steering_effect(ctx: FamilyContext, claim: Claim, pair: tuple[str, str]) -> Measurement:
     """T4: the ref model's truth vector flips ``post``'s TRUE/FALSE judgements."""
     ref, post = pair
@@ -291,7 +291,7 @@ def steering_effect(ctx: FamilyContext, claim: Claim, pair: tuple[str, str]) -> 
                        _steer_details(run, _all_vectors(run)))
 
 
-@measure("truth.steering_ratio")
+@measure("truth.steering.forward_ratio", "truth.steering.backward_ratio")
 def steering_ratio(ctx: FamilyContext, claim: Claim, pair: tuple[str, str]) -> Measurement:
     """T4 (``params.direction: forward``): ``IE(ref -> post) / IE(post -> post)``;
     T5 (``backward``): ``IE(post -> ref) / IE(ref -> ref)``. The denominator is floored at
@@ -313,7 +313,7 @@ def steering_ratio(ctx: FamilyContext, claim: Claim, pair: tuple[str, str]) -> M
                        run.n_true + run.n_false, details)
 
 
-@measure("truth.steering_random")
+@measure("truth.steering.random_control")
 def steering_random(ctx: FamilyContext, claim: Claim, pair: tuple[str, str]) -> Measurement:
     """T6: random vectors with the norm of the ref vector barely move ``post``."""
     ref, post = pair
