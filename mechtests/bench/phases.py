@@ -1,8 +1,9 @@
 """Phase accounting for ``mechtests bench``: wall time, items, memory peaks and FLOPs per phase.
 
-The claim areas run unchanged; for the duration of :meth:`PhaseRecorder.instrument` the engine
-and method functions that do the heavy work (:data:`TARGETS`) are wrapped, so every call is
-timed into its phase. Time is *exclusive*: a phase entered inside another (a model load inside
+The claim areas run unchanged; the engine, method and plot functions that do the heavy work carry
+phase markers (:mod:`mechtests.phases`), and for the duration of
+:meth:`PhaseRecorder.instrument` the recorder is installed, so every marked call is timed into
+its phase. Time is *exclusive*: a phase entered inside another (a model load inside
 an activation collection) pauses the outer one, and time outside every phase is ``other``
 (statistics, bootstraps, plots, hashing). On CUDA the device is synchronised at each phase
 boundary so that asynchronous kernels are charged to the phase that launched them.
@@ -39,7 +40,7 @@ import re
 import resource
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +48,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["PHASES", "TARGETS", "UNITS", "PhaseRecorder", "PhaseStats", "Target"]
+from mechtests.phases import PATCHING, PATCHING_PHASES, PhaseCall, PhaseMarker, recording
+
+__all__ = ["MARKED_MODULES", "PHASES", "UNITS", "PhaseRecorder", "PhaseStats"]
 
 PHASES = ("load", "activation collection", "patching sweep", "cross-model patching",
           "direction selection", "probes", "steering", "generation", "entropy neurons",
@@ -56,71 +59,13 @@ UNITS = {"load": "models", "activation collection": "prompts", "patching sweep":
          "cross-model patching": "sites", "direction selection": "candidates", "probes": "fits",
          "steering": "prompt runs", "generation": "sequences", "entropy neurons": "neurons",
          "bootstrap": "resamples", "plots": "", "other": ""}
-PATCHING = frozenset({"patching sweep", "cross-model patching"})
-ItemsFn = Callable[[tuple[Any, ...], dict[str, Any], Any], int]
-
-
-def _arg(args: tuple[Any, ...], kwargs: dict[str, Any], i: int, name: str) -> Any:
-    return args[i] if len(args) > i else kwargs.get(name)
-
-
-def _n(i: int, name: str) -> ItemsFn:
-    return lambda a, k, _r: len(_arg(a, k, i, name) or ())
-
-
-def _sites(_a: tuple[Any, ...], _k: dict[str, Any], results: Any) -> int:
-    return sum(int((~torch.isnan(result.ld)).sum()) for result in results)
-
-
-def _steer_runs(a: tuple[Any, ...], k: dict[str, Any], _r: Any) -> int:
-    prompts = len(_arg(a, k, 1, "true_queries")) + len(_arg(a, k, 2, "false_queries"))
-    return prompts * (1 + len(_arg(a, k, 3, "vectors")))
-
-
-def _neurons(a: tuple[Any, ...], k: dict[str, Any], _r: Any) -> int:
-    return int(_arg(a, k, 0, "weights").mlp_out.shape[1])
-
-
-@dataclass(frozen=True)
-class Target:
-    """A function (``module:attr``) or method (``module:Class.method``) timed as ``phase``
-    (``"patching"``: sweep or cross-model by its source); ``inside``: phases under which a call
-    is part of the caller (not counted again)."""
-
-    where: str
-    phase: str
-    items: ItemsFn | None = None
-    inside: frozenset[str] = frozenset()
-
-
-TARGETS = (
-    Target("mechtests.engine:load_backend", "load", lambda *_: 1),
-    Target("mechtests.measures.context:FamilyContext.release", "load"),  # unload + gc: model switches
-    Target("mechtests.engine.collect:collect_activations", "activation collection",
-           _n(1, "prompts")),
-    Target("mechtests.methods.patching:patch_heatmaps_many", "patching", _sites, PATCHING),
-    Target("mechtests.methods.patching:clean_logit_diffs", "patching sweep", None, PATCHING),
-    Target("mechtests.methods.refusal:select_direction", "direction selection",
-           _n(3, "candidates")),
-    Target("mechtests.methods.probes:ProjectionLRProbe.fit", "probes", lambda *_: 1),
-    Target("mechtests.methods.probes:MassMeanProbe.fit", "probes", lambda *_: 1),
-    Target("mechtests.methods.probes:LogisticProbe.fit", "probes", lambda *_: 1),
-    Target("mechtests.methods.probes:correct", "probes"),
-    Target("mechtests.methods.probes:accuracy", "probes"),
-    Target("mechtests.methods.steering:run_steering", "steering", _steer_runs),
-    Target("mechtests.engine.hf_common:HFBackendBase.generate", "generation", _n(1, "prompts")),
-    Target("mechtests.engine.hf_common:HFBackendBase.readout_weights", "entropy neurons"),
-    Target("mechtests.methods.entropy_neurons:neuron_stats", "entropy neurons", _neurons),
-    Target("mechtests.methods.entropy_neurons:select_entropy_neurons", "entropy neurons"),
-    Target("mechtests.methods.confidence:neuron_means", "entropy neurons"),
-    Target("mechtests.methods.confidence:ablation_entropies", "entropy neurons"),
-    Target("mechtests.methods.confidence:ablation_entropies_many", "entropy neurons"),
-    Target("mechtests.methods.stats:bootstrap_interval", "bootstrap",
-           lambda a, k, _r: int(_arg(a, k, 1, "n_boot") or 1000)),
-    Target("mechtests.report.plots_knowledge:plot_heatmaps", "plots"),
-    Target("mechtests.report.plots_refusal:plot_refusal_bars", "plots"),
-    Target("mechtests.report.plots_truth:plot_cosine_by_layer", "plots"),
-    Target("mechtests.report.plots_truth:plot_transfer_matrix", "plots"),
+# the modules whose functions carry phase markers (imported before a run, so all are known)
+MARKED_MODULES = (
+    "mechtests.engine", "mechtests.engine.collect", "mechtests.engine.hf_common",
+    "mechtests.measures.context", "mechtests.methods.patching", "mechtests.methods.refusal",
+    "mechtests.methods.probes", "mechtests.methods.steering", "mechtests.methods.entropy_neurons",
+    "mechtests.methods.confidence", "mechtests.methods.stats", "mechtests.report.plots_knowledge",
+    "mechtests.report.plots_refusal", "mechtests.report.plots_truth",
 )
 
 
@@ -247,8 +192,8 @@ class PhaseRecorder:
         for t in tensors:
             self._sources[id(t)] = role
 
-    def _patching_phase(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-        backend, sources = _arg(args, kwargs, 0, "backend"), _arg(args, kwargs, 2, "sources")
+    def _patching_phase(self, call: PhaseCall) -> str:
+        backend, sources = call.arg("backend"), call.arg("sources")
         role = str(getattr(backend, "name", "")).rsplit("/", 1)[-1]
         firsts = [source[0] if source else None for source in sources or ()]
         own = bool(firsts) and all(f is not None and self._sources.get(id(f)) == role
@@ -275,67 +220,52 @@ class PhaseRecorder:
         self.models[role] = {"weights_bytes": nbytes, "params": params, "loads": loads}
         install_flop_hooks(model, backend.spec, self.add_flops)
 
-    # -- instrumentation -----------------------------------------------------------------------
+    # -- the installed recorder (mechtests.phases) ------------------------------------------
     @contextmanager
-    def instrument(self, targets: Iterable[Target] = TARGETS) -> Iterator[None]:
-        """Wrap every target (and every module-level alias of it) for the block's duration."""
+    def instrument(self) -> Iterator[None]:
+        """Install this recorder for the block's duration: every marked call is timed. Marked
+        modules that do not import, and phases that no imported function marks, are listed in
+        :attr:`missing`."""
         from mechtests.measures import AREA_MODULES
+        from mechtests.phases import MARKERS
 
-        for name in AREA_MODULES:  # bind their imports now, so the aliases are found
+        for name in (*AREA_MODULES, *MARKED_MODULES):
             try:
                 importlib.import_module(name)
             except ModuleNotFoundError:
                 self.missing.append(name)
-        undo: list[tuple[Any, str, Any]] = []
-        try:
-            for target in targets:
-                undo.extend(self._patch(target))
+        marked = {m.phase for m in MARKERS}
+        if PATCHING in marked:
+            marked |= PATCHING_PHASES
+        self.missing.extend(f"phase {p!r} (no marked function)" for p in PHASES
+                            if p != "other" and p not in marked)
+        with recording(self):
             yield
-        finally:
-            for owner, attr, original in reversed(undo):
-                setattr(owner, attr, original)
 
-    def _patch(self, target: Target) -> list[tuple[Any, str, Any]]:
-        module_name, _, path = target.where.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-            owner: Any = module
-            *outer, attr = path.split(".")
-            for part in outer:
-                owner = getattr(owner, part)
-            original = getattr(owner, attr)
-        except (ImportError, AttributeError):
-            self.missing.append(target.where)
-            return []
-        wrapper = self._wrap(target, original)
-        undo = [(owner, attr, original)]
-        setattr(owner, attr, wrapper)
-        if owner is module:  # `from module import fn` aliases in other mechtests modules
-            for other in list(sys.modules.values()):
-                name = getattr(other, "__name__", "")
-                if other is not module and name.startswith("mechtests") and \
-                        getattr(other, attr, None) is original:
-                    undo.append((other, attr, original))
-                    setattr(other, attr, wrapper)
-        return undo
+    def _skips(self, marker: PhaseMarker) -> bool:
+        """Whether a call of ``marker`` is part of the running phase (not counted again)."""
+        return bool(marker.inside & set(self._stack)) or self.current == marker.phase
 
-    def _wrap(self, target: Target, fn: Callable[..., Any]) -> Callable[..., Any]:
-        recorder = self
+    def run_marked(self, marker: PhaseMarker, call: PhaseCall) -> Any:
+        """Time one marked call into its phase and add its items (:mod:`mechtests.phases`)."""
+        if self._skips(marker):
+            return call.fn(*call.args, **call.kwargs)
+        name = self._patching_phase(call) if marker.phase == PATCHING else marker.phase
+        with self.phase(name) as stats:
+            result = call.fn(*call.args, **call.kwargs)
+            if name == "load":
+                self.watch_model(result)
+        if marker.items is not None:
+            stats.items += int(marker.items(call, result))
+        return result
 
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if target.inside & set(recorder._stack) or recorder.current == target.phase:
-                return fn(*args, **kwargs)
-            phase = (recorder._patching_phase(args, kwargs) if target.phase == "patching"
-                     else target.phase)
-            with recorder.phase(phase) as stats:
-                result = fn(*args, **kwargs)
-                if phase == "load":
-                    recorder.watch_model(result)
-            if target.items is not None:
-                stats.items += int(target.items(args, kwargs, result))
-            return result
-
-        wrapper.__wrapped__ = fn  # type: ignore[attr-defined]
-        wrapper.__name__ = getattr(fn, "__name__", "wrapped")
-        wrapper.__doc__ = getattr(fn, "__doc__", None)
-        return wrapper
+    @contextmanager
+    def block(self, name: str, items: int) -> Iterator[PhaseStats]:
+        """Time a marked ``with`` block (:func:`mechtests.phases.phase`) as ``name``; a block
+        inside the same phase is part of it."""
+        if self.current == name:
+            yield self.stats[name]
+            return
+        with self.phase(name) as stats:
+            yield stats
+        stats.items += items

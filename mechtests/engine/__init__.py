@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mechtests.errors import CheckpointError, ConfigError
+from mechtests.phases import one_item, timed_phase
 
 if TYPE_CHECKING:
     from mechtests.engine.backend import Backend
@@ -28,6 +29,7 @@ BACKENDS = ("hf", "transformer-lens")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
+@timed_phase("load", items=one_item)
 def load_backend(
     path: Path,
     *,

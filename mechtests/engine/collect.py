@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import torch
 
 from mechtests.engine.backend import Backend
+from mechtests.phases import timed_phase
 
 
 def progress_enabled(progress: bool) -> bool:
@@ -30,6 +31,7 @@ def progress_enabled(progress: bool) -> bool:
     return sys.stderr.isatty()
 
 
+@timed_phase("activation collection", items=lambda call, _acts: len(call.arg("prompts")))
 def collect_activations(
     backend: Backend,
     prompts: Sequence[str],

@@ -24,6 +24,7 @@ import torch
 from mechtests.engine.archs import ArchSpec, spec_for_model
 from mechtests.engine.backend import Batch, Hook, HookFn, ReadoutWeights
 from mechtests.errors import ConfigError, SiteError
+from mechtests.phases import timed_phase
 from mechtests.sites import Site, parse_site
 
 if TYPE_CHECKING:
@@ -178,6 +179,7 @@ class HFBackendBase:
             )
         return {s: store[s] for s in sites}
 
+    @timed_phase("generation", items=lambda call, _texts: len(call.arg("prompts")))
     def generate(
         self,
         prompts: Sequence[str],
@@ -212,6 +214,7 @@ class HFBackendBase:
             texts.extend(self.tokenizer.batch_decode(new, skip_special_tokens=True))
         return texts
 
+    @timed_phase("entropy neurons")
     def readout_weights(self) -> ReadoutWeights:
         """Unembedding, final-norm gain (Gemma's ``1 + w`` applied), its bias, and the last
         block's down projection, as float32 CPU copies in the raw HF basis."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mechtests.families import Family, resolve_checkpoint
+from mechtests.phases import timed_phase
 
 if TYPE_CHECKING:
     import torch
@@ -95,6 +96,7 @@ class FamilyContext:
         self._loaded = (role, backend)
         return backend
 
+    @timed_phase("load")  # unloading (and collecting) is part of every model switch
     def release(self) -> None:
         """Drop the loaded model, if any."""
         if self._loaded is not None:

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import torch
 
 from mechtests.engine.backend import Backend, Batch, HookFn, ReadoutWeights
+from mechtests.phases import timed_phase
 
 __all__ = [
     "AblationEntropies",
@@ -108,6 +109,7 @@ def _sites(backend: Backend) -> tuple[str, str]:
     return f"blocks.{last}.mlp.hook_post", f"blocks.{last}.hook_resid_post"
 
 
+@timed_phase("entropy neurons")
 def neuron_means(
     backend: Backend,
     prompts: Sequence[str],
@@ -192,6 +194,7 @@ def kept_entropies(readout: FinalReadout, x: torch.Tensor, keep: torch.Tensor,
     return out
 
 
+@timed_phase("entropy neurons")
 def ablation_entropies(
     backend: Backend,
     prompts: Sequence[str],
@@ -216,6 +219,7 @@ def ablation_entropies(
                                    batch_size=batch_size, skip_first=skip_first)[""]
 
 
+@timed_phase("entropy neurons")
 def ablation_entropies_many(
     backend: Backend,
     prompts: Sequence[str],

@@ -64,6 +64,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from mechtests.phases import PhaseCall, timed_phase
+
 if TYPE_CHECKING:
     from mechtests.engine.backend import ReadoutWeights
 
@@ -231,6 +233,11 @@ def neuron_stats_from(
     return NeuronStats(norm=norms, logit_var=var, folded=fold)
 
 
+def _neurons_scored(call: PhaseCall, _stats: NeuronStats) -> int:
+    return int(call.arg("weights").mlp_out.shape[1])
+
+
+@timed_phase("entropy neurons", items=_neurons_scored)
 def neuron_stats(
     weights: ReadoutWeights,
     *,
@@ -257,6 +264,7 @@ def neuron_stats(
     )
 
 
+@timed_phase("entropy neurons")
 def select_entropy_neurons(
     stats: NeuronStats, k: int = 10, norm_top: float = 0.25
 ) -> EntropyNeurons:

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from mechtests.methods.directions import diff_of_means
+from mechtests.phases import one_item, timed_phase
 
 __all__ = [
     "PROBE_KINDS",
@@ -146,6 +147,7 @@ class ProjectionLRProbe:
         self._d: torch.Tensor | None = None
         self._wb: tuple[float, float] = (1.0, 0.0)
 
+    @timed_phase("probes", items=one_item)
     def fit(self, acts: torch.Tensor, labels: torch.Tensor | Sequence[int]) -> ProjectionLRProbe:
         y = _labels01(labels)
         self._d = diff_of_means(acts, y) if self._fixed is None else self._fixed
@@ -203,6 +205,7 @@ class MassMeanProbe(_WeightVectorProbe):
         self._d: torch.Tensor | None = None
         self._w: torch.Tensor | None = None
 
+    @timed_phase("probes", items=one_item)
     def fit(self, acts: torch.Tensor, labels: torch.Tensor | Sequence[int]) -> MassMeanProbe:
         y = _labels01(labels).bool()
         self._d = diff_of_means(acts, y)
@@ -226,6 +229,7 @@ class LogisticProbe(_WeightVectorProbe):
         self.lr, self.weight_decay, self.epochs = lr, weight_decay, epochs
         self._w: torch.Tensor | None = None
 
+    @timed_phase("probes", items=one_item)
     def fit(self, acts: torch.Tensor, labels: torch.Tensor | Sequence[int]) -> LogisticProbe:
         x = acts.to(torch.float32)
         y = _labels01(labels).to(torch.float32)
@@ -258,12 +262,14 @@ def make_probe(kind: str = "mm_lr") -> Probe:
     return PROBE_KINDS[kind]()
 
 
+@timed_phase("probes")
 def correct(probe: Probe, acts: torch.Tensor, labels: torch.Tensor | Sequence[int]) -> np.ndarray:
     """Per-example correctness (float64 0/1 array), the input of a bootstrap over statements."""
     pred = probe.predict(acts)
     return (pred == _labels01(labels)).to(torch.float64).numpy()
 
 
+@timed_phase("probes")
 def accuracy(probe: Probe, acts: torch.Tensor, labels: torch.Tensor | Sequence[int]) -> float:
     """Fraction of examples the probe classifies correctly (``nan`` for no examples)."""
     hits = correct(probe, acts, labels)

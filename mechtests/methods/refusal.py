@@ -37,6 +37,7 @@ import torch
 
 from mechtests.methods.directions import cosine
 from mechtests.methods.stats import bootstrap_interval
+from mechtests.phases import timed_phase
 
 if TYPE_CHECKING:
     from mechtests.engine.backend import Backend, Batch, Hook
@@ -250,6 +251,7 @@ def _last_logits(backend: Backend, batches: Sequence[_Rows],
     return out[torch.as_tensor(index).argsort()]
 
 
+@timed_phase("direction selection", items=lambda call, _best: len(call.arg("candidates")))
 def select_direction(
     backend: Backend,
     harmful_prompts: Sequence[str],

@@ -29,6 +29,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from mechtests.phases import timed_phase
+
 __all__ = [
     "bootstrap_interval",
     "expected_abs_cosine",
@@ -46,6 +48,7 @@ def _as_array(values: Values) -> np.ndarray:
     return np.asarray(values, dtype=np.float64).reshape(-1)
 
 
+@timed_phase("bootstrap", items=lambda call, _interval: int(call.arg("n_boot")))
 def bootstrap_interval(
     values_or_fn: Values | IndexFn,
     n_boot: int = 1000,

@@ -36,6 +36,7 @@ import torch
 
 from mechtests.engine.backend import Backend, Hook
 from mechtests.methods.stats import bootstrap_interval
+from mechtests.phases import PhaseCall, timed_phase
 
 __all__ = [
     "IEResult",
@@ -236,6 +237,13 @@ class SteeringResult:
         )
 
 
+def _steering_runs(call: PhaseCall, _result: SteeringResult) -> int:
+    """Prompt runs of a steering call: every query once plain and once per vector."""
+    prompts = len(call.arg("true_queries")) + len(call.arg("false_queries"))
+    return prompts * (1 + len(call.arg("vectors")))
+
+
+@timed_phase("steering", items=_steering_runs)
 def run_steering(
     backend: Backend,
     true_queries: Sequence[str],

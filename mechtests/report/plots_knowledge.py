@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from mechtests.phases import timed_phase
+
 __all__ = ["plot_heatmaps"]
 
 
@@ -30,6 +32,7 @@ def _pyplot() -> Any:
     return plt
 
 
+@timed_phase("plots")
 def plot_heatmaps(
     panels: Sequence[tuple[str, np.ndarray]],
     columns: Sequence[str],

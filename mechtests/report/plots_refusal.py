@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from mechtests.phases import timed_phase
+
 __all__ = ["BAR_COLOURS", "plot_refusal_bars"]
 
 BAR_COLOURS = {
@@ -28,6 +30,7 @@ BAR_COLOURS = {
 }
 
 
+@timed_phase("plots")
 def plot_refusal_bars(
     panels: Mapping[str, Mapping[str, Mapping[str, float]]], path: Path, title: str
 ) -> Path:

@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mechtests.phases import timed_phase
+
 __all__ = ["plot_cosine_by_layer", "plot_transfer_matrix"]
 
 
@@ -25,6 +27,7 @@ def _pyplot() -> Any:
     return plt
 
 
+@timed_phase("plots")
 def plot_cosine_by_layer(
     curves: Mapping[str, Mapping[int, float]],
     path: Path,
@@ -58,6 +61,7 @@ def plot_cosine_by_layer(
     return path
 
 
+@timed_phase("plots")
 def plot_transfer_matrix(
     matrix: Mapping[tuple[str, str], float],
     roles: Sequence[str],

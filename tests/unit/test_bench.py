@@ -1,4 +1,5 @@
-"""``mechtests bench``: exclusive phase timing, FLOP counting and the command on the tiny family."""
+"""``mechtests bench``: exclusive phase timing, phase markers, FLOP counting and the command on
+the tiny family."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import torch
 
 from mechtests.bench import phases as bench_phases
 from mechtests.bench.phases import PHASES, PhaseRecorder
+from mechtests.methods.probes import MassMeanProbe, accuracy
+from mechtests.phases import active_recorder, phase, recording
 
 
 @pytest.fixture(autouse=True)
@@ -62,6 +65,36 @@ def test_nested_phase_time_is_charged_to_the_inner_phase_only(
     assert rec.stats["activation collection"].peak_bytes >= rec.stats["load"].peak_bytes
 
 
+def _probe_data() -> tuple[torch.Tensor, torch.Tensor]:
+    acts = torch.tensor([[1.0, 0.0], [2.0, 0.1], [-1.0, 0.0], [-2.0, -0.1]])
+    return acts, torch.tensor([1, 1, 0, 0])
+
+
+def test_a_marked_function_outside_a_bench_run_records_nothing() -> None:
+    rec = PhaseRecorder(torch.device("cpu"))
+    acts, labels = _probe_data()
+    probe = MassMeanProbe().fit(acts, labels)
+    with phase("plots", items=3):
+        assert accuracy(probe, acts, labels) == 1.0
+    assert active_recorder() is None
+    assert all(s.calls == 0 and s.items == 0 and s.seconds == 0 for s in rec.stats.values())
+
+
+def test_marked_calls_inside_a_recording_are_timed_once_per_outermost_call() -> None:
+    rec = PhaseRecorder(torch.device("cpu"))
+    acts, labels = _probe_data()
+    with recording(rec):
+        rec.start()
+        probe = MassMeanProbe().fit(acts, labels)  # one fit: one call, one item
+        accuracy(probe, acts, labels)  # calls the marked `correct`: part of the same call
+        with phase("plots", items=3), phase("plots", items=5):  # the inner block is the outer's
+            pass
+        rec.finish()
+    assert active_recorder() is None
+    assert (rec.stats["probes"].calls, rec.stats["probes"].items) == (2, 1)
+    assert (rec.stats["plots"].calls, rec.stats["plots"].items) == (1, 3)
+
+
 def test_flop_hooks_count_two_flops_per_weight_per_token_plus_attention(tmp_path: Path) -> None:
     from mechtests.bench.flops import install_flop_hooks
     from mechtests.engine import load_backend
@@ -96,8 +129,8 @@ def test_bench_command_times_the_phases_of_the_tiny_family(tmp_path: Path,
                  "--quiet", "--device", "cpu"])
     assert code == 0
     table = capsys.readouterr().out
-    for phase in PHASES:
-        assert f"| {phase} |" in table
+    for name in PHASES:
+        assert f"| {name} |" in table
     result = json.loads((out / "bench_tiny.json").read_text())
     phases = result["phases"]
     assert phases["load"]["items"] >= 1

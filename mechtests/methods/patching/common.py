@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from mechtests.engine.backend import Backend, Batch
+from mechtests.phases import PATCHING_PHASES, timed_phase
 from mechtests.sites import site_name
 
 __all__ = [
@@ -126,6 +127,7 @@ def true_activations(
     return [acts[s] for s in sites]
 
 
+@timed_phase("patching sweep", inside=PATCHING_PHASES)
 def clean_logit_diffs(
     backend: Backend, prompts: Sequence[str], readout: Readout, batch_size: int = 32
 ) -> torch.Tensor:

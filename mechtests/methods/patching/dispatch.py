@@ -24,6 +24,7 @@ from mechtests.methods.patching.common import (
 )
 from mechtests.methods.patching.suffix import patch_suffix_many
 from mechtests.methods.patching.sweep import patch_loop, patch_sweep
+from mechtests.phases import PATCHING, PATCHING_PHASES, PhaseCall, timed_phase
 
 __all__ = ["ENGINES", "patch_heatmaps", "patch_heatmaps_many"]
 
@@ -59,6 +60,12 @@ def patch_heatmaps(
                                max_rows, verify, tolerance)[0]
 
 
+def _patched_sites(_call: PhaseCall, results: list[PatchResult]) -> int:
+    """Sites a patching call measured (NaN cells of an incomplete map not counted)."""
+    return sum(int((~torch.isnan(result.ld)).sum()) for result in results)
+
+
+@timed_phase(PATCHING, items=_patched_sites, inside=PATCHING_PHASES)
 def patch_heatmaps_many(
     backend: Backend,
     false_prompts: Sequence[str],
