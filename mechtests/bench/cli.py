@@ -176,8 +176,8 @@ def run_bench(args: argparse.Namespace) -> int:
     from mechtests.bench.table import bench_result, format_table
     from mechtests.checkpoints.cache_dir import default_cache_dir
     from mechtests.data.sources import DatasetsUnavailable
-    from mechtests.measures import get_measure
     from mechtests.measures.context import RunOptions
+    from mechtests.measures.runner import run_measure
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -212,7 +212,7 @@ def run_bench(args: argparse.Namespace) -> int:
                 t0 = time.perf_counter()
                 status, message = "ok", ""
                 try:
-                    get_measure(claim.id)(ctx, claim, pair)
+                    run_measure(ctx, claim, pair)
                 except DatasetsUnavailable as exc:
                     status, message = "skipped", str(exc).splitlines()[0][:200]
                 except Exception as exc:  # a failing claim is reported, the bench goes on

@@ -47,6 +47,16 @@ class Claim:
 
 
 @dataclass(frozen=True)
+class Figure:
+    """A plot of a measurement, drawn after the measure by the report's plotter for ``kind``
+    (:func:`mechtests.report.plots.draw`): the file it writes and the numbers it shows."""
+
+    kind: str  # a key of mechtests.report.plots.PLOTTERS
+    path: str
+    data: Mapping[str, Any]  # the plotter's arguments other than ``path`` (plain numbers)
+
+
+@dataclass(frozen=True)
 class Measurement:
     """What a measure function returns for one (family, pair, claim)."""
 
@@ -56,7 +66,8 @@ class Measurement:
     interval: tuple[float, float] | None = None  # e.g. 95% bootstrap interval of ``metric``
     n: int | None = None  # examples the metric is computed on
     details: Mapping[str, Any] = field(default_factory=dict)
-    artifacts: tuple[str, ...] = ()  # paths of plots / JSON written for this claim
+    artifacts: tuple[str, ...] = ()  # paths of files the measure wrote itself for this claim
+    figures: tuple[Figure, ...] = ()  # plots drawn after the measure (one file each)
 
 
 @dataclass(frozen=True)

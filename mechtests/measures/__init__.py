@@ -6,7 +6,8 @@ its measure; two claims that differ only in ``params`` share one function. A mea
 receives the :class:`~mechtests.measures.context.FamilyContext`, the claim and the model pair
 ``(reference_role, post_role)``, and returns a :class:`~mechtests.claims.model.Measurement`.
 The area packages orchestrate (which model, which prompts, which cached activations); the
-arithmetic lives in :mod:`mechtests.methods`, the plots in :mod:`mechtests.report`.
+arithmetic lives in :mod:`mechtests.methods`; the plots a measurement asks for
+(``Measurement.figures``) are drawn after it by :mod:`mechtests.report.plots`.
 
 Example::
 

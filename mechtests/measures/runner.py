@@ -2,10 +2,13 @@
 
 This is the only place where a claim meets a measure function; the pytest plugin calls
 :meth:`ClaimRunner.run` and records what comes back, without doing any arithmetic itself.
+:func:`run_measure` (also what ``mechtests bench`` times) draws the figures a measurement asks
+for after the measure, through the report's plot hook, so no measure imports a plotter.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -114,13 +117,11 @@ class ClaimRunner:
 
     def run(self, case: ClaimCase) -> tuple[ClaimRecord, Judgement]:
         """Measure and judge ``case``; exceptions propagate to the caller after nothing."""
-        from mechtests.measures import get_measure
-
         spec = self.thresholds.spec(case.claim.id, case.family)
         record = self.base_record(case, spec)
         ctx = self.context(case.family)
         start = time.perf_counter()
-        measurement: Measurement = get_measure(case.claim.id)(ctx, case.claim, case.pair)
+        measurement = run_measure(ctx, case.claim, case.pair)
         record.seconds = round(time.perf_counter() - start, 3)
         judgement = judge(measurement, spec)
         if ctx.family.random_weights:
@@ -147,11 +148,25 @@ class ClaimRunner:
         record.interval = list(measurement.interval) if measurement.interval else None
         record.n = measurement.n
         record.details = _jsonable(dict(measurement.details))
-        record.artifacts = [_relative(a, self.options.report_dir) for a in measurement.artifacts]
+        drawn = (figure.path for figure in measurement.figures)
+        record.artifacts = [_relative(a, self.options.report_dir)
+                            for a in dict.fromkeys((*measurement.artifacts, *drawn))]
         record.checkpoints = {role: ctx.fingerprint(role)[:16] for role in case.pair}
         cards = (find_card(ctx.checkpoint_dir(role)) for role in case.pair)
         record.model_cards = sorted({str(card) for card in cards if card is not None})
         return record, judgement
+
+
+def run_measure(ctx: FamilyContext, claim: Claim, pair: tuple[str, str]) -> Measurement:
+    """``claim``'s measure on ``pair``, then the figures it asks for drawn (each file once per
+    context) by the report's plot hook, :func:`mechtests.report.plots.draw`."""
+    from mechtests.measures import get_measure
+    from mechtests.report.plots import draw
+
+    measurement = get_measure(claim.id)(ctx, claim, pair)
+    for figure in measurement.figures:
+        ctx.memo(f"figure:{figure.path}", functools.partial(draw, figure))
+    return measurement
 
 
 def _relative(path: str, root: Path) -> str:

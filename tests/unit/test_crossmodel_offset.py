@@ -75,7 +75,7 @@ def _judged_forward_correlation(monkeypatch: pytest.MonkeyPatch, run: Any) -> An
     monkeypatch.setattr(aggregate, "knowledge_datasets", lambda ctx, names=None: [run.dataset])
     monkeypatch.setattr(aggregate, "knowledge_run", lambda ctx, dataset: run)
     monkeypatch.setattr(aggregate, "ensure_maps", lambda ctx, run, keys: None)
-    monkeypatch.setattr(aggregate, "plots", lambda ctx, run, pair, area: [])
+    monkeypatch.setattr(aggregate, "heatmap_figures", lambda ctx, run, pair, area: [])
     ctx = SimpleNamespace(family=SimpleNamespace(has_control=False),
                           options=SimpleNamespace(seed=0))
     claim = next(c for c in load_claims() if c.id == "crossmodel.forward.correlation")

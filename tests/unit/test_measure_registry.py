@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -54,3 +56,12 @@ def test_a_claim_entry_with_a_measure_key_is_rejected_with_the_fix(tmp_path: Pat
         "  metric: m\n  control: c\n  measure: truth.direction_cosine\n")
     with pytest.raises(ConfigError, match=r"has a 'measure' key.*Fix: remove the key"):
         load_claims(tmp_path)
+
+
+def test_the_measures_import_no_report_module() -> None:
+    code = ("import sys; from mechtests.measures import registered_measures; "
+            "registered_measures(); "
+            "print(sorted(m for m in sys.modules if m.startswith('mechtests.report')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=False)
+    assert out.stdout.strip() == "[]", out.stdout[-2000:] + out.stderr[-2000:]

@@ -18,6 +18,7 @@ from mechtests.measures.context import FamilyContext, RunOptions
 from mechtests.measures.refusal.measures import SWEEP_MIN_RANDOM_ABLATION_KEPT
 from mechtests.measures.refusal.runs import conditions_for, refusal_directions
 from mechtests.measures.refusal.select import sweep as select_sweep
+from mechtests.measures.runner import run_measure
 
 # words every tiny vocabulary has (mechtests.engine.tiny.REQUIRED_WORDS)
 HARMFUL_WORDS, HARMLESS_WORDS = ("TRUE", "this", ":"), ("FALSE", "statement", "is")
@@ -71,7 +72,7 @@ def measured(workdir: Path) -> dict[tuple[str, tuple[str, str]], object]:
             if claim.area != "refusal" or claim.id == "refusal.direction.below_truth":
                 continue
             for pair in claim.pairs:
-                out[(claim.id, pair)] = get_measure(claim.id)(ctx, claim, pair)
+                out[(claim.id, pair)] = run_measure(ctx, claim, pair)
     finally:
         engine.load_backend = original  # type: ignore[assignment]
     out[("loads", ("", ""))] = loads
@@ -106,7 +107,8 @@ def test_rates_are_recorded_under_both_scorers_with_a_plot(measured: dict) -> No
     m = measured[("refusal.ablation.own_post", ("base", "instruct"))]
     assert set(m.details["rates"]) == {"paper", "substring"}
     assert "instruct:ablation/instruct/harmful_test" in m.details["rates"]["paper"]
-    assert all(Path(p).is_file() for p in m.artifacts)
+    assert m.figures
+    assert all(Path(f.path).is_file() for f in m.figures)
 
 
 def test_evaluation_respects_the_subsample(measured: dict) -> None:

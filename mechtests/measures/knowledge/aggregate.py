@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mechtests.claims.model import Claim, Measurement
+from mechtests.claims.model import Claim, Figure, Measurement
 from mechtests.measures.knowledge.runs import (
     N_BOOT,
     KnowledgeRun,
@@ -42,13 +42,12 @@ from mechtests.measures.knowledge.runs import (
 )
 from mechtests.methods.heatmaps import normalize
 from mechtests.methods.stats import bootstrap_interval
-from mechtests.report.plots_knowledge import plot_heatmaps
 
 if TYPE_CHECKING:
     from mechtests.measures.context import FamilyContext
 
-__all__ = ["Pair", "Stat", "caveat", "fact_to_offset", "finite", "judge_datasets", "ld_gap",
-           "offset_quantities", "plots", "split_decidable"]
+__all__ = ["Pair", "Stat", "caveat", "fact_to_offset", "finite", "heatmap_figures",
+           "judge_datasets", "ld_gap", "offset_quantities", "split_decidable", "unique_figures"]
 
 Stat = Callable[[KnowledgeRun, np.ndarray], float]
 Pair = tuple[str, str]
@@ -145,7 +144,7 @@ def judge_datasets(
     n_boot = int(claim.params.get("n_boot", N_BOOT))
     runs = [knowledge_run(ctx, d) for d in knowledge_datasets(ctx, claim.params.get("datasets"))]
     rows: dict[str, dict[str, Any]] = {}
-    artifacts: list[str] = []
+    figures: list[Figure] = []
     for run in runs:
         ensure_maps(ctx, run, keys)
         full = np.arange(run.n)
@@ -157,7 +156,7 @@ def judge_datasets(
             "metric": metric(run, full), "control": control(run, full), "interval": ci,
             "n": run.n, "engines": dict(run.engines), **(extra(run) if extra else {}),
         }
-        artifacts.extend(plots(ctx, run, pair, claim.area))
+        figures.extend(heatmap_figures(ctx, run, pair, claim.area))
     targets = [t for _, t in keys]
     kept, excluded, quantities = split_decidable(runs, targets)
     if not needs_order:
@@ -194,29 +193,37 @@ def judge_datasets(
         interval=row["interval"],
         n=int(row["n"]),
         details=details,
-        artifacts=tuple(dict.fromkeys(artifacts)),
+        figures=unique_figures(figures),
     )
 
 
-def plots(ctx: FamilyContext, run: KnowledgeRun, pair: Pair, area: str) -> list[str]:
+def heatmap_figures(ctx: FamilyContext, run: KnowledgeRun, pair: Pair, area: str
+                    ) -> list[Figure]:
     """The normalised heatmaps of ``pair`` on ``run`` (self maps, or ref -> post beside post's
-    own for the cross-model area), drawn once; their paths."""
+    own for the cross-model area), built once; none when a map is missing."""
     ref, post = pair
     kind = "cross" if area == "crossmodel" else "self"
     keys = [(ref, post), (post, post)] if kind == "cross" else [(ref, ref), (post, post)]
 
-    def draw() -> list[str]:
+    def build() -> list[Figure]:
         if any(k not in run.maps for k in keys):
             return []
         a, b = normalize(run.heat(keys[0])), normalize(run.heat(keys[1]))
         label = {(ref, ref): ref, (post, post): post, (ref, post): f"{ref} -> {post}"}
         path = ctx.artifact(f"knowledge/{run.dataset}_{kind}_{ref}_{post}.png")
-        plot_heatmaps(
-            [(label[keys[0]], a), (label[keys[1]], b), ("difference", a - b)],
-            run.columns, path,
-            title=f"{ctx.family.name} {run.dataset}: normalised patching heatmaps "
-                  f"(n = {run.n} pairs)",
-        )
-        return [str(path)]
+        return [Figure("knowledge.heatmaps", str(path), {
+            "panels": [(label[keys[0]], a), (label[keys[1]], b), ("difference", a - b)],
+            "columns": run.columns,
+            "title": f"{ctx.family.name} {run.dataset}: normalised patching heatmaps "
+                     f"(n = {run.n} pairs)",
+        })]
 
-    return ctx.memo(f"knowledge:plot:{run.dataset}:{kind}:{ref}:{post}", draw)
+    return ctx.memo(f"knowledge:plot:{run.dataset}:{kind}:{ref}:{post}", build)
+
+
+def unique_figures(figures: Iterable[Figure]) -> tuple[Figure, ...]:
+    """``figures`` in order, one per path."""
+    by_path: dict[str, Figure] = {}
+    for figure in figures:
+        by_path.setdefault(figure.path, figure)
+    return tuple(by_path.values())

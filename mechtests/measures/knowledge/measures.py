@@ -72,10 +72,11 @@ from mechtests.measures.knowledge.aggregate import (
     Stat,
     caveat,
     finite,
+    heatmap_figures,
     judge_datasets,
     offset_quantities,
-    plots,
     split_decidable,
+    unique_figures,
 )
 from mechtests.measures.knowledge.runs import (
     N_BOOT,
@@ -314,7 +315,7 @@ def asymmetry(ctx: FamilyContext, claim: Claim, pair: Pair) -> Measurement:
         n=[r.n for r in runs], n_boot=int(claim.params.get("n_boot", N_BOOT)),
         seed=seed_for(ctx, claim.id),
     )
-    artifacts = [p for r in runs for p in plots(ctx, r, pair, "crossmodel")]
+    figures = [f for r in runs for f in heatmap_figures(ctx, r, pair, "crossmodel")]
     return Measurement(
         metric=majority(fwd),
         control=majority(null),
@@ -329,7 +330,7 @@ def asymmetry(ctx: FamilyContext, claim: Claim, pair: Pair) -> Measurement:
                         "Rk": {f"{a}->{b}": _rk(r, (a, b), np.arange(r.n)) for a, b in
                                [(ref, post), (post, ref), (post, post), (ref, ref)]}}
             for r, f, z in zip(runs, fwd, null)}},
-        artifacts=tuple(dict.fromkeys(artifacts)),
+        figures=unique_figures(figures),
     )
 
 

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mechtests.claims.model import Measurement
+from mechtests.claims.model import Figure, Measurement
 from mechtests.measures import measure
 from mechtests.measures.refusal.runs import (
     MAX_NEW_TOKENS,
@@ -115,11 +115,10 @@ def _rates_table(ctx: FamilyContext, pair: tuple[str, str]) -> dict[str, dict[st
     return table
 
 
-def _plot(ctx: FamilyContext, pair: tuple[str, str], scorer: str) -> str:
-    """The bar chart of ``pair`` (written once per pair and scorer); its path."""
-    from mechtests.report.plots_refusal import plot_refusal_bars
+def _figure(ctx: FamilyContext, pair: tuple[str, str], scorer: str) -> Figure:
+    """The bar chart of ``pair`` (built once per pair and scorer)."""
 
-    def draw() -> str:
+    def build() -> Figure:
         ref, post = pair
         panels: dict[str, dict[str, dict[str, float]]] = {}
         for model, other in ((post, ref), (ref, post)):
@@ -139,11 +138,12 @@ def _plot(ctx: FamilyContext, pair: tuple[str, str], scorer: str) -> str:
                 }
             panels[model] = groups
         path = ctx.artifact(f"refusal_rates_{ref}_{post}_{scorer}.png")
-        plot_refusal_bars(panels, path, f"{ctx.family.name}: refusal rates, {ref} / {post} "
-                          f"({scorer} scorer, {MAX_NEW_TOKENS} tokens)")
-        return str(path)
+        return Figure("refusal.rates", str(path), {
+            "panels": panels,
+            "title": f"{ctx.family.name}: refusal rates, {ref} / {post} "
+                     f"({scorer} scorer, {MAX_NEW_TOKENS} tokens)"})
 
-    return ctx.memo(f"refusal.plot.{pair[0]}.{pair[1]}.{scorer}", draw)
+    return ctx.memo(f"refusal.plot.{pair[0]}.{pair[1]}.{scorer}", build)
 
 
 def _samples(ctx: FamilyContext, model: str, cond: Condition, k: int = 3) -> list[str]:
@@ -166,7 +166,7 @@ def _intervention(
                "rates": _rates_table(ctx, pair), **extra}
     return Measurement(metric=metric, control=control[0], control_label=control[1],
                        interval=interval, n=n, details=details,
-                       artifacts=(_plot(ctx, pair, scorer),))
+                       figures=(_figure(ctx, pair, scorer),))
 
 
 def _hardest_null(ctx: FamilyContext, model: str, values: Callable[[str], float],

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mechtests.claims.model import Claim, Measurement
+from mechtests.claims.model import Claim, Figure, Measurement
 from mechtests.measures import measure
 from mechtests.measures.truth.runs import (
     N_BOOT,
@@ -49,7 +49,6 @@ from mechtests.methods.stats import (
     random_unit_directions,
 )
 from mechtests.methods.steering import effect_from_arrays
-from mechtests.report.plots_truth import plot_cosine_by_layer, plot_transfer_matrix
 
 if TYPE_CHECKING:
     import torch
@@ -74,13 +73,12 @@ def _control_role(ctx: FamilyContext, pair: tuple[str, str]) -> str | None:
 
 
 # -- T1, T2: directions -------------------------------------------------------------------------
-def _cosine_plot(ctx: FamilyContext, roles: dict[str, RoleTruth], ref: str) -> str:
+def _cosine_figure(ctx: FamilyContext, roles: dict[str, RoleTruth], ref: str) -> Figure:
     curves = {f"{ref}-{other}": cosine_by_layer(roles[ref].directions, roles[other].directions)
               for other in roles if other != ref}
     null = random_cosine_quantile(roles[ref].d_model, NULL_LEVEL)
-    path = plot_cosine_by_layer(curves, ctx.artifact(f"truth_cosine_by_layer_{ref}.png"),
-                                probe_layer=ctx.family.truth.probe_layer, null=null)
-    return str(path)
+    return Figure("truth.cosine_by_layer", str(ctx.artifact(f"truth_cosine_by_layer_{ref}.png")),
+                  {"curves": curves, "probe_layer": ctx.family.truth.probe_layer, "null": null})
 
 
 @measure("truth.direction.cosine")
@@ -109,7 +107,7 @@ def direction_cosine(ctx: FamilyContext, claim: Claim, pair: tuple[str, str]) ->
         details["control_by_layer"] = cosine_by_layer(roles[ref].directions,
                                                       roles[control_role].directions)
     return Measurement(metric, control, label, interval, int(a.shape[0]), details,
-                       (_cosine_plot(ctx, roles, ref),))
+                       figures=(_cosine_figure(ctx, roles, ref),))
 
 
 @measure("truth.direction.beats_refusal")
@@ -177,8 +175,9 @@ def _fit_probes(ctx: FamilyContext, pair: tuple[str, str], kind: str, train: tup
     tests = {role: rt.split((heldout,)) for role, rt in roles.items()}
     matrix = {(src, dst): accuracy(probe, *tests[dst]) for src, probe in probes.items()
               for dst in tests}
-    path = plot_transfer_matrix(matrix, list(roles),
-                                ctx.artifact(f"truth_probe_transfer_{kind}_{heldout}.png"))
+    figure = Figure("truth.transfer_matrix",
+                    str(ctx.artifact(f"truth_probe_transfer_{kind}_{heldout}.png")),
+                    {"matrix": matrix, "roles": list(roles)})
     details = {
         "probe": kind, "train_datasets": list(train), "heldout": heldout,
         "acc_ref_on_ref": matrix[(ref, ref)], "acc_post_on_post": matrix[(post, post)],
@@ -186,7 +185,7 @@ def _fit_probes(ctx: FamilyContext, pair: tuple[str, str], kind: str, train: tup
         "transfer_matrix": {f"{a}->{b}": v for (a, b), v in matrix.items()},
     }
     return {"hits": hits, "control_hits": control_hits, "label": label, "details": details,
-            "artifact": str(path), "n": int(test_labels.shape[0])}
+            "figure": figure, "n": int(test_labels.shape[0])}
 
 
 @measure("truth.probe.transfer_accuracy")
@@ -198,7 +197,7 @@ def probe_transfer_accuracy(ctx: FamilyContext, claim: Claim, pair: tuple[str, s
     hits = p["hits"][ref]
     interval = bootstrap_interval(hits, n_boot=N_BOOT, seed=seed_for(ctx, claim.id, pair))
     return Measurement(float(hits.mean()), float(p["control_hits"].mean()), p["label"], interval,
-                       p["n"], p["details"], (p["artifact"],))
+                       p["n"], p["details"], figures=(p["figure"],))
 
 
 @measure("truth.probe.transfer_gap")
@@ -210,7 +209,7 @@ def probe_transfer_gap(ctx: FamilyContext, claim: Claim, pair: tuple[str, str]) 
     control = float((p["control_hits"] - p["hits"][post]).mean())
     interval = bootstrap_interval(diff, n_boot=N_BOOT, seed=seed_for(ctx, claim.id, pair))
     return Measurement(float(diff.mean()), control, f"gap of the {p['label']}", interval, p["n"],
-                       p["details"], (p["artifact"],))
+                       p["details"], figures=(p["figure"],))
 
 
 # -- T4-T6: steering ----------------------------------------------------------------------------
