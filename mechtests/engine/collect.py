@@ -3,8 +3,9 @@
 ``collect_activations`` tokenizes prompts in batches (left padding), runs each batch through
 :meth:`Backend.cache` (which stops the forward after the last needed layer) and concatenates the
 results. It is the one place activations are gathered for the store
-(:meth:`mechtests.measures.context.FamilyContext.activations`), in the manner of ``refusal_direction``'s
-``get_mean_activations`` and geometry-of-truth's ``generate_acts.py``, but keeping every row.
+(:meth:`mechtests.measures.context.FamilyContext.activations`), in the manner of
+``refusal_direction``'s ``get_mean_activations`` and geometry-of-truth's ``generate_acts.py``,
+but keeping every row.
 
 Example:
     >>> acts = collect_activations(backend, ["a b", "c d e"], ["blocks.1.hook_resid_post"], [-1])
