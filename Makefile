@@ -23,7 +23,7 @@ EXTRAS ?= $(EXTRAS_$(FAMILY))
 comma := ,
 EXTRAS_STAMP := $(VENV)/.mechtests-extras-$(or $(EXTRAS),none)
 
-.PHONY: matrix test lint bench clean-venv
+.PHONY: matrix extras test lint bench clean-venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,8 @@ $(STAMP): pyproject.toml
 $(EXTRAS_STAMP): $(STAMP)
 	$(if $(EXTRAS),$(BIN)/python -m pip install -q -e ".[dev$(comma)$(EXTRAS)]")
 	touch $@
+
+extras: $(EXTRAS_STAMP)
 
 matrix: $(EXTRAS_STAMP)
 	$(BIN)/mechtests run --model-family $(FAMILY) $(PYTEST_ARGS)
