@@ -80,7 +80,7 @@ def patch_heatmaps_many(
     """:func:`patch_heatmaps` for several sources into the same FALSE prompts, one result per
     source. The suffix engine runs the FALSE prompts once and patches every source's sites in
     the same batched block calls (cross-model maps: another model's and the null's TRUE
-    activations into one target)."""
+    activations into one target); its check against the sweep reads the first source's map."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     n_layers = backend.n_layers
@@ -96,10 +96,9 @@ def patch_heatmaps_many(
                 raise
             note = str(exc)
         else:
-            if verify:
-                notes = [_verify(backend, false_prompts, source, readout, wids, ld, tolerance)
-                         for source, ld in zip(sources, lds)]
-                note = next((n for n in notes if n), "")
+            if verify:  # one check per call: every source runs the same engine code path
+                note = _verify(backend, false_prompts, sources[0], readout, wids, lds[0],
+                               tolerance)
             if not note:
                 return [PatchResult(ld, ld_false, "suffix") for ld in lds]
             if engine == "suffix":
