@@ -72,6 +72,8 @@ def _judged_forward_correlation(monkeypatch: pytest.MonkeyPatch, run: Any) -> An
     from mechtests.measures import get_measure
     from mechtests.measures.knowledge import aggregate
 
+    get_measure("crossmodel.forward.correlation")  # load every measure module before patching:
+    # a module imported under the patches would keep the stand-ins (from-imports bind at import)
     monkeypatch.setattr(aggregate, "knowledge_datasets", lambda ctx, names=None: [run.dataset])
     monkeypatch.setattr(aggregate, "knowledge_run", lambda ctx, dataset: run)
     monkeypatch.setattr(aggregate, "ensure_maps", lambda ctx, run, keys: None)
@@ -168,3 +170,15 @@ def test_above_a_ratio_of_one_the_normalised_map_splits_cells_by_the_fact_for_ei
     cells = np.array([[f * gap + m * offset for m in (0, 1)] for f in (0, 1)])  # [f, m]
     hot = normalize(cells) > 0
     assert bool(hot[1].all() and not hot[0].any()) is split_holds
+
+
+@pytest.mark.parametrize("claim_id", ["crossmodel.forward.recovery", "crossmodel.asymmetry"])
+def test_claims_judged_against_a_null_that_carries_the_offset_are_not_gated_by_it(
+    claim_id: str,
+) -> None:
+    from mechtests.claims.thresholds import load_thresholds
+
+    spec = load_thresholds(None).spec(claim_id, "organism")
+    quantities = {p.quantity for p in spec.preconditions}
+    assert "fact_to_offset" not in quantities
+    assert {"datasets_decidable", "min_pairs"} <= quantities

@@ -205,9 +205,10 @@ def heatmap_figures(ctx: FamilyContext, run: KnowledgeRun, pair: Pair, area: str
     kind = "cross" if area == "crossmodel" else "self"
     keys = [(ref, post), (post, post)] if kind == "cross" else [(ref, ref), (post, post)]
 
+    if any(k not in run.maps for k in keys):  # not memoised: the maps may come later
+        return []
+
     def build() -> list[Figure]:
-        if any(k not in run.maps for k in keys):
-            return []
         a, b = normalize(run.heat(keys[0])), normalize(run.heat(keys[1]))
         label = {(ref, ref): ref, (post, post): post, (ref, post): f"{ref} -> {post}"}
         path = ctx.artifact(f"knowledge/{run.dataset}_{kind}_{ref}_{post}.png")
