@@ -14,8 +14,9 @@ block (its q/k norms, sliding windows and embedding scale live inside modules th
 cross); Qwen3 has Llama's (q/k norms inside attention).
 
 A model type without an entry is recognised from its module tree by
-:func:`mechtests.engine.layout.recognise` (:func:`spec_for_model`), so a new pre-norm decoder
-needs no code change; the table only saves that probe for the known types.
+:func:`mechtests.engine.layout.recognise` (through
+:func:`~mechtests.engine.layout.spec_for_model`), so a new pre-norm decoder needs no code
+change; the table only saves that probe for the known types.
 
 Example:
     >>> arch_spec("gemma2").attn_contrib
@@ -25,7 +26,6 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from mechtests.errors import CheckpointError
 
@@ -58,18 +58,6 @@ ARCH_SPECS: dict[str, ArchSpec] = {
     "gemma2": _GEMMA_LIKE,
     "gemma3_text": _GEMMA_LIKE,
 }
-
-
-def spec_for_model(model: Any) -> ArchSpec:
-    """The table's spec for ``model.config.model_type``, else the layout recognised from the
-    module tree (:func:`mechtests.engine.layout.recognise`; a one-line
-    :class:`CheckpointError` when it cannot be)."""
-    model_type = str(model.config.model_type)
-    if model_type in ARCH_SPECS:
-        return ARCH_SPECS[model_type]
-    from mechtests.engine.layout import recognise
-
-    return recognise(model)
 
 
 def arch_spec(model_type: str) -> ArchSpec:

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from mechtests.engine.archs import ArchSpec, spec_for_model
+from mechtests.engine.archs import ArchSpec
 from mechtests.engine.backend import Batch, Hook, HookFn, ReadoutWeights
+from mechtests.engine.layout import spec_for_model
 from mechtests.errors import ConfigError, SiteError
 from mechtests.phases import timed_phase
 from mechtests.sites import Site, parse_site

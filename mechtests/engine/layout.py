@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from mechtests.engine.archs import ArchSpec
+from mechtests.engine.archs import ARCH_SPECS, ArchSpec
 from mechtests.errors import CheckpointError
 
 _ATTENTION_WORDS = ("attention", "attn")
@@ -43,6 +43,15 @@ class _Unrecognised(Exception):
 
 class _Stop(Exception):
     """Ends the probe forward after block 0."""
+
+
+def spec_for_model(model: Any) -> ArchSpec:
+    """The table's spec for ``model.config.model_type``, else the layout recognised from the
+    module tree (:func:`recognise`; a one-line :class:`CheckpointError` when it cannot be)."""
+    model_type = str(model.config.model_type)
+    if model_type in ARCH_SPECS:
+        return ARCH_SPECS[model_type]
+    return recognise(model)
 
 
 def recognise(model: Any) -> ArchSpec:
