@@ -14,12 +14,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mechtests.checkpoints.cards import find_card
 from mechtests.claims.model import Claim, Judgement, Measurement, ThresholdSpec, Verdict
 from mechtests.claims.thresholds import Thresholds
 from mechtests.claims.verdict import judge
 from mechtests.families import Family
 from mechtests.measures.context import FamilyContext, RunOptions
-from mechtests.report.cards import find_card
 
 
 @dataclass(frozen=True)

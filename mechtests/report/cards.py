@@ -13,16 +13,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-CARD_NAME = "card.json"
-
-
-def find_card(checkpoint_dir: Path) -> Path | None:
-    """``card.json`` in the checkpoint directory or its parent, if any."""
-    for folder in (checkpoint_dir, checkpoint_dir.parent):
-        if (folder / CARD_NAME).is_file():
-            return folder / CARD_NAME
-    return None
-
 
 def read_cards(records: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
     """The distinct model cards named by claim records, keyed by (family, path).

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mechtests.report.cards import find_card, format_gates
+from mechtests.checkpoints.cards import find_card
+from mechtests.report.cards import format_gates
 
 CARD = {
     "name": "organism-ci",
