@@ -58,7 +58,8 @@ def _number(value: object) -> float | None:
 
 def check_preconditions(measurement: Measurement, preconditions: Iterable[Precondition]
                         ) -> tuple[PreconditionCheck, ...]:
-    """Each precondition on ``measurement.details``; a NaN quantity does not hold. Raises
+    """Each precondition on ``measurement.details``; a NaN quantity does not hold, an infinite
+    one compares as it is (a ratio over a zero offset is infinitely large). Raises
     KeyError naming the quantity when the measure did not report it."""
     checks = []
     for pre in preconditions:
@@ -66,7 +67,7 @@ def check_preconditions(measurement: Measurement, preconditions: Iterable[Precon
             raise KeyError(pre.quantity)
         value = _number(measurement.details[pre.quantity])
         measured = float("nan") if value is None else value
-        holds = math.isfinite(measured) and (
+        holds = not math.isnan(measured) and (  # an infinite ratio compares like any number
             measured >= pre.value if pre.op == ">=" else measured <= pre.value)
         checks.append(PreconditionCheck(pre, measured, holds))
     return tuple(checks)

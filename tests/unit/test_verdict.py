@@ -110,6 +110,15 @@ def test_a_nan_precondition_quantity_does_not_hold() -> None:
     assert result.verdict is Verdict.INCONCLUSIVE
 
 
+def test_an_infinite_precondition_quantity_compares_like_a_number() -> None:
+    # fact_to_offset of a post model identical to its base: a gap over a zero offset
+    big = judge(Measurement(0.95, 0.0, "ctl", details={"own_ie": float("inf")}), _with(OWN))
+    assert big.verdict is Verdict.PASS
+    low = Precondition("own_ie", "<=", 0.1, "small enough", "test")
+    assert judge(Measurement(0.95, 0.0, "ctl", details={"own_ie": float("inf")}),
+                 _with(low)).verdict is Verdict.INCONCLUSIVE
+
+
 def test_a_failed_precondition_wins_over_an_undefined_metric() -> None:
     result = judge(Measurement(float("nan"), 0.0, "ctl", details={"own_ie": 0.0}), _with(OWN))
     assert result.verdict is Verdict.INCONCLUSIVE
