@@ -224,9 +224,9 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(recorder, "mechtests-recorder")
         _one_line_failures(config)
     # ---- worker GPU pinning + family scheduling, Allure attachments, baseline gate
+    from mechtests.plugin.allure import register_allure
+    from mechtests.plugin.baseline_gate import register_baseline
     from mechtests.plugin.xdist import register_xdist
-    from mechtests.report.allure import register_allure
-    from mechtests.report.baseline import register_baseline
 
     register_xdist(config, lambda: _selected_family_names(config))
     register_allure(config)

@@ -87,7 +87,7 @@ def check_options(config: Any, state: Any) -> None:
 
 
 def _check_cuda() -> None:
-    from mechtests.plugin.xdist import visible_gpus
+    from mechtests.engine.devices import visible_gpus
 
     fix = ("Fix: run with --mechtests-device cpu (or auto, which uses CUDA only when present), "
            "or on a machine with an NVIDIA GPU and a CUDA build of torch.")
