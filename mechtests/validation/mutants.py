@@ -25,6 +25,7 @@ import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -143,7 +144,8 @@ def _n_layers(config: Mapping[str, object]) -> int:
 Surgery = Callable[[dict[str, torch.Tensor], Mapping[str, object]], dict[str, torch.Tensor]]
 
 
-def _surgery(recipe: Recipe, family: Family, cache_dir: Path) -> tuple[Surgery | None, dict]:
+def _surgery(recipe: Recipe, family: Family, cache_dir: Path
+             ) -> tuple[Surgery | None, dict[str, Any]]:
     """The state-dict change of ``recipe`` and a JSON record of what it used."""
     if recipe.name == "truth_ablated":
         d = truth_direction(family, cache_dir)
@@ -213,7 +215,8 @@ def build_mutant(family: Family, name: str, cache_dir: Path) -> Path:
     return root
 
 
-def _write(recipe: Recipe, family: Family, cache_dir: Path, source: Path, out: Path) -> dict:
+def _write(recipe: Recipe, family: Family, cache_dir: Path, source: Path, out: Path
+           ) -> dict[str, Any]:
     """Write the mutant's files into ``out``; return what the surgery used."""
     config = json.loads((source / "config.json").read_text())
     change, record = _surgery(recipe, family, cache_dir)
