@@ -151,8 +151,7 @@ def judge(measurement: Measurement, spec: ThresholdSpec) -> Judgement:
         reasons.append(caveat)  # e.g. a dataset left out because it cannot decide the claim
     if not control_ok and from_interval and measurement.control is not None \
             and spec.control is not None:
-        lo, hi = (float(x) for x in measurement.interval or (bound, bound))
-        if geq:
+        if geq:  # lo, hi: the interval read above
             needed = max(spec.value, measurement.control + spec.control.margin)
             reachable, best, side = hi >= needed, hi, ">="
         else:

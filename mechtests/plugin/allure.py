@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
+from mechtests.plugin.recorder import RECORD_KEY
+
 __all__ = ["AllureClaims", "allure_active", "attach_record", "register_allure"]
 
-RECORD_KEY = "mechtests_claim"  # = mechtests.plugin.recorder.RECORD_KEY
 _TYPES = {".png": "PNG", ".svg": "SVG", ".jpg": "JPG", ".jpeg": "JPG", ".json": "JSON",
           ".csv": "CSV", ".txt": "TEXT", ".html": "HTML", ".tsv": "TSV"}
 
