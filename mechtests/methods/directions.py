@@ -66,7 +66,8 @@ def diff_of_means(acts: torch.Tensor, labels: torch.Tensor | Sequence[int]) -> t
 def steering_vector(
     acts: torch.Tensor, labels: torch.Tensor | Sequence[int], direction: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Paper-spec 4.4: ``v = ((mu_T - mu_F) . d_hat) d_hat`` (float64, ``[d]``).
+    """The truth steering vector (docs/claims.md T4-T5):
+    ``v = ((mu_T - mu_F) . d_hat) d_hat`` (float64, ``[d]``).
 
     ``direction`` defaults to the mass-mean direction itself, for which ``v = mu_T - mu_F``
     (norm = the raw difference-of-means norm; the paper's coefficient ``c = 1``).
