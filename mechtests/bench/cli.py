@@ -50,6 +50,8 @@ AREA_ORDER = ("truth", "knowledge", "crossmodel", "refusal", "confidence")
 
 def add_bench_subparser(sub: Any) -> None:
     """The ``bench`` sub-command's arguments."""
+    from mechtests.families import max_examples_arg
+
     p = sub.add_parser(
         "bench", help="time the claim matrix of a family per phase",
         description="Run every claim area on one family and report, per phase, wall time, "
@@ -68,8 +70,9 @@ def add_bench_subparser(sub: Any) -> None:
                         "for the paper presets, as the paper ran), else float32. Default: auto.")
     p.add_argument("--backend", default="hf", choices=("hf", "transformer-lens"),
                    help="model backend. Default: hf.")
-    p.add_argument("--max-examples", type=int, default=None, metavar="N",
-                   help="subsample every dataset to at most N examples. Default: all.")
+    p.add_argument("--max-examples", type=max_examples_arg, default=None, metavar="N|all",
+                   help="subsample every dataset to at most N examples ('all': every "
+                        "example). Default: the family's max_examples, else all.")
     p.add_argument("--areas", default=None, metavar="A,B",
                    help=f"comma-separated areas ({', '.join(AREA_ORDER)}). Default: all.")
     p.add_argument("--cache", default=None, metavar="DIR",
@@ -92,6 +95,15 @@ def add_bench_subparser(sub: Any) -> None:
                    help="keep the scratch cache of activations and plots. Default: removed.")
     p.add_argument("--quiet", action="store_true",
                    help="no per-claim progress lines on stderr. Default: print them.")
+
+
+def _examples(given: str | None, family: Family) -> int:
+    """Examples per dataset for ``RunOptions``: ``--max-examples``, else the family's default;
+    0 for every example."""
+    from mechtests.families import parse_max_examples
+
+    limit = parse_max_examples(given)
+    return (family.max_examples or 0) if limit is None else limit
 
 
 def _family(args: argparse.Namespace) -> Family:
@@ -191,7 +203,7 @@ def run_bench(args: argparse.Namespace) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="mechtests-bench-"))
     options = RunOptions(cache_dir=scratch / "cache", report_dir=scratch / "report",
                          device=str(device), dtype=dtype, backend=args.backend,
-                         max_examples=args.max_examples,
+                         max_examples=_examples(args.max_examples, family),
                          datasets_dir=Path(args.datasets) if args.datasets else None,
                          progress=False)
     recorder = PhaseRecorder(device)

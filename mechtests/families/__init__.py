@@ -17,6 +17,7 @@ from __future__ import annotations
 from mechtests.checkpoints.resolve import SCHEME_RESOLVERS, resolve_checkpoint
 from mechtests.families.catalog import PACKAGED_FAMILIES, load_families, select_family
 from mechtests.families.model import (
+    ALL_EXAMPLES,
     POST_ROLES,
     ROLE_ORDER,
     Family,
@@ -24,9 +25,12 @@ from mechtests.families.model import (
     ModelSpec,
     RefusalSettings,
     TruthSettings,
+    max_examples_arg,
+    parse_max_examples,
 )
 
 __all__ = [
+    "ALL_EXAMPLES",
     "PACKAGED_FAMILIES",
     "POST_ROLES",
     "ROLE_ORDER",
@@ -37,6 +41,8 @@ __all__ = [
     "RefusalSettings",
     "TruthSettings",
     "load_families",
+    "max_examples_arg",
+    "parse_max_examples",
     "resolve_checkpoint",
     "select_family",
 ]

@@ -47,6 +47,7 @@ _FAMILY_KEYS = {
     "knowledge",
     "refusal",
     "random_weights",
+    "max_examples",
     "extra",
 }
 # The architecture is a label (config.json's model_type family); the loader reads the real
@@ -120,6 +121,14 @@ def _parse_family(name: str, raw: Mapping[str, Any], source: Path) -> Family:
                     f"{source}: {name}.refusal.{part} has no entry for role {role!r}. "
                     "Fix: add one per model role."
                 )
+    max_examples = raw.get("max_examples")
+    if max_examples is not None and (isinstance(max_examples, bool)
+                                     or not isinstance(max_examples, int) or max_examples < 1):
+        raise ConfigError(
+            f"{source}: family {name!r} has max_examples {max_examples!r}; expected a whole "
+            "number >= 1 (examples per dataset when --max-examples is not given). Fix: correct "
+            "it or remove the key (then every example runs)."
+        )
     return Family(
         name=name,
         description=str(raw.get("description", "")),
@@ -130,6 +139,7 @@ def _parse_family(name: str, raw: Mapping[str, Any], source: Path) -> Family:
         knowledge=KnowledgeSettings(tuple(k["datasets"])),
         refusal=refusal,
         random_weights=bool(raw.get("random_weights", False)),
+        max_examples=max_examples,
         extra=dict(raw.get("extra", {})),
     )
 

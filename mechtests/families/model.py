@@ -6,6 +6,7 @@ No torch, no YAML, no environment.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 from mechtests.errors import ConfigError
 
 __all__ = [
+    "ALL_EXAMPLES",
     "POST_ROLES",
     "ROLE_ORDER",
     "Family",
@@ -20,6 +22,8 @@ __all__ = [
     "ModelSpec",
     "RefusalSettings",
     "TruthSettings",
+    "max_examples_arg",
+    "parse_max_examples",
 ]
 
 ROLE_ORDER = ("base", "sft", "instruct", "control")
@@ -85,6 +89,8 @@ class Family:
     knowledge: KnowledgeSettings
     refusal: RefusalSettings
     random_weights: bool = False
+    # examples per dataset when the run does not say (--max-examples); None: every example
+    max_examples: int | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -107,3 +113,38 @@ class Family:
         old = models.get(role)
         models[role] = ModelSpec(role, ref, old.prompt_prefix if old else "")
         return replace(self, models=models)
+
+
+ALL_EXAMPLES = "all"
+
+
+def parse_max_examples(value: str | int | None) -> int | None:
+    """``--max-examples`` as given: None (not given: the family's default), ``all`` (0: every
+    example) or a whole number >= 1; anything else is a ValueError with the one-line reason."""
+    if value is None:
+        return None
+    if str(value).strip().lower() == ALL_EXAMPLES:
+        return 0
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+        bad = True
+    else:
+        bad = number < 1
+    if bad:
+        raise ValueError(
+            f"--max-examples is {value}; expected a number >= 1 (examples per dataset) or "
+            f"{ALL_EXAMPLES}. Fix: pass --max-examples N with N >= 1, --max-examples "
+            f"{ALL_EXAMPLES} for every example, or leave it out for the family's default.")
+    return number
+
+
+def max_examples_arg(text: str) -> str:
+    """argparse ``type`` of ``--max-examples``: the text, checked by :func:`parse_max_examples`
+    (a bad value is argparse's one-line usage error)."""
+    try:
+        parse_max_examples(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text

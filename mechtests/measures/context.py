@@ -39,7 +39,7 @@ class RunOptions:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "float32"  # float32 | bfloat16 | float16
     backend: str = "hf"  # hf | transformer-lens
-    max_examples: int | None = None
+    max_examples: int | None = None  # None: the family's max_examples; 0: every example
     datasets_dir: Path | None = None  # the paper's datasets (folder holding du2025/ ...)
     progress: bool = True
     seed: int = 0
@@ -174,9 +174,18 @@ class FamilyContext:
         result: T = self._memo[key]
         return result
 
-    def subsample(self, items: Sequence[T], salt: str = "") -> list[T]:
-        """At most ``max_examples`` items, drawn with a fixed seed (order preserved)."""
+    @property
+    def max_examples(self) -> int | None:
+        """Examples per dataset: the run's ``max_examples`` (0: all), else the family's
+        default, else None (all)."""
         limit = self.options.max_examples
+        if limit is None:
+            return self.family.max_examples
+        return limit or None
+
+    def subsample(self, items: Sequence[T], salt: str = "") -> list[T]:
+        """At most :attr:`max_examples` items, drawn with a fixed seed (order preserved)."""
+        limit = self.max_examples
         if limit is None or len(items) <= limit:
             return list(items)
         rng = random.Random(f"{self.options.seed}:{salt}")

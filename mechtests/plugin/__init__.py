@@ -85,9 +85,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--claim-report", default="reports", metavar="DIR",
                     help="Where the claim matrix (claim_matrix.json/.md) and plots go. "
                          "Default: reports/ (relative to the current directory).")
-    group.addoption("--max-examples", type=int, default=None, metavar="N",
-                    help="Subsample every dataset to at most N examples (recorded in the "
-                         "report). Default: all.")
+    group.addoption("--max-examples", default=None, metavar="N|all",
+                    help="Subsample every dataset to at most N examples, drawn with a fixed "
+                         "seed (recorded in the report); 'all' runs every example. Default: the "
+                         "family's max_examples in families.yaml (gemma3-270m: 40, a CPU-sized "
+                         "sample), else all.")
     # ---- reports, baselines, scale-out (mechtests/report/, plugin/xdist.py) ----
     group.addoption("--baseline", default=None, metavar="FILE",
                     help="Compare every metric with this stored run; a change beyond the "
@@ -165,6 +167,7 @@ class _State:
         self.runner: ClaimRunner | None = None
 
     def make_runner(self, config: pytest.Config) -> ClaimRunner:
+        from mechtests.families import parse_max_examples
         from mechtests.measures.context import RunOptions
         from mechtests.measures.runner import ClaimRunner
 
@@ -176,7 +179,7 @@ class _State:
                 device=config.getoption("--mechtests-device"),
                 dtype=config.getoption("--mechtests-dtype"),
                 backend=config.getoption("--mechtests-backend"),
-                max_examples=config.getoption("--max-examples"),
+                max_examples=parse_max_examples(config.getoption("--max-examples")),
                 datasets_dir=self.datasets_dir,
                 progress=worker is None and not os.environ.get("CI"),
             )

@@ -92,7 +92,8 @@ class Recorder:
             paths = write_matrix(
                 self.state.records, self.state.report_dir, self.state.thresholds,
                 self.state.families,
-                options={"max_examples": opt("--max-examples"),
+                options={"max_examples": examples_per_family(opt("--max-examples"),
+                                                             self.state.families),
                          "dtype": opt("--mechtests-dtype"),
                          "backend": opt("--mechtests-backend"),
                          "device": opt("--mechtests-device")},
@@ -105,6 +106,16 @@ class Recorder:
                 "directory.")
             return
         self.state.written = paths
+
+
+def examples_per_family(given: str | None, families: dict[str, Any]) -> dict[str, int | str]:
+    """Each family's examples per dataset in this run: ``--max-examples`` where given, else the
+    family's default; ``all`` for every example."""
+    from mechtests.families import ALL_EXAMPLES, parse_max_examples
+
+    limit = parse_max_examples(given)
+    return {name: (fam.max_examples if limit is None else limit) or ALL_EXAMPLES
+            for name, fam in families.items()}
 
 
 def problem_lines(records: list[dict[str, Any]]) -> list[str]:

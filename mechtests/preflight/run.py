@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from mechtests.errors import PreflightError
+from mechtests.families import parse_max_examples
 from mechtests.preflight.checkpoints import (
     READOUT_AREAS,
     CheckpointInfo,
@@ -69,10 +70,10 @@ def check_invocation(args: Sequence[str]) -> None:
 def check_options(config: Any, state: Any) -> None:
     """Numeric options in range, the device present, report and cache folders writable."""
     opt = config.getoption
-    max_examples = opt("--max-examples")
-    if max_examples is not None and max_examples < 1:
-        raise _fail(f"--max-examples is {max_examples}; expected a number >= 1 (examples per "
-                    "dataset). Fix: pass --max-examples N with N >= 1, or leave it out for all.")
+    try:
+        parse_max_examples(opt("--max-examples"))
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
     gpus = opt("--gpus-per-worker")
     if gpus is not None and gpus < 1:
         raise _fail(f"--gpus-per-worker is {gpus}; expected >= 1. Fix: pass --gpus-per-worker 1.")

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from filelock import FileLock
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from mechtests.checkpoints.atomic import atomic_file
@@ -31,6 +32,14 @@ from mechtests.errors import CacheError
 from mechtests.store.keys import hash_key
 
 __all__ = ["ActivationStore"]
+
+_LABEL = "label:"  # metadata prefix of an entry's text labels
+
+
+def _non_finite(tensors: Mapping[str, torch.Tensor]) -> str | None:
+    """The default check: every tensor finite."""
+    bad = [name for name, t in tensors.items() if not torch.isfinite(t).all()]
+    return f"{', '.join(bad)} contain NaN or inf" if bad else None
 
 
 class ActivationStore:
@@ -55,26 +64,50 @@ class ActivationStore:
         """Load the entry for ``key_parts`` or compute, verify and write it.
 
         ``expected_shapes`` maps each tensor name to its shape; an entry whose names or shapes
-        differ (or that does not load) is recomputed with a warning.
+        differ (or that does not load) is recomputed with a warning. Computed tensors must be
+        finite.
         """
+        tensors, _ = self.get_or_compute_labelled(
+            key_parts, expected_shapes, lambda: (compute(), {}), tag)
+        return tensors
+
+    def get_or_compute_labelled(
+        self,
+        key_parts: Mapping[str, Any],
+        expected_shapes: Mapping[str, tuple[int, ...]],
+        compute: Callable[[], tuple[dict[str, torch.Tensor], dict[str, str]]],
+        tag: str,
+        problem: Callable[[Mapping[str, torch.Tensor]], str | None] | None = None,
+    ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """:meth:`get_or_compute` for results that carry text labels beside their tensors
+        (e.g. which engine produced a map), kept in the entry's metadata.
+
+        ``problem`` replaces the all-finite check: it says why tensors are not a usable result
+        (None when they are) and runs on computed tensors (a problem is a
+        :class:`~mechtests.errors.CacheError`) and on loaded ones (a problem means recompute).
+        """
+        check = problem or _non_finite
         path = self.path_for(key_parts, tag)
         path.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(path) + ".lock")
         with lock:
             if path.exists():
-                loaded = self._load_checked(path, expected_shapes)
+                loaded = self._load_checked(path, expected_shapes, check)
                 if loaded is not None:
                     self.hits += 1
                     return loaded
             self.misses += 1
-            tensors = compute()
-            self._check(tensors, expected_shapes, path)
-            self._write(path, tensors, key_parts)
-            return tensors
+            tensors, labels = compute()
+            self._check(tensors, expected_shapes, path, check)
+            self._write(path, tensors, key_parts, labels)
+            return tensors, dict(labels)
 
     @staticmethod
     def _check(
-        tensors: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]], path: Path
+        tensors: Mapping[str, torch.Tensor],
+        expected: Mapping[str, tuple[int, ...]],
+        path: Path,
+        check: Callable[[Mapping[str, torch.Tensor]], str | None],
     ) -> None:
         for name, shape in expected.items():
             got = tuple(tensors[name].shape) if name in tensors else None
@@ -83,22 +116,27 @@ class ActivationStore:
                     f"computed activations for {path.name} have {name} of shape {got}, expected "
                     f"{tuple(shape)}. Fix: this is a bug in the caller's expected shapes."
                 )
-            if not torch.isfinite(tensors[name]).all():
-                raise CacheError(
-                    f"computed activations {name} for {path.name} contain NaN or inf. Fix: run in "
-                    "float32 (--mechtests-dtype float32) or check the checkpoint's weights."
-                )
+        problem = check(tensors)
+        if problem:
+            raise CacheError(
+                f"computed activations for {path.name}: {problem}. Fix: run in float32 "
+                "(--mechtests-dtype float32) or check the checkpoint's weights."
+            )
 
     @staticmethod
     def _load_checked(
-        path: Path, expected: Mapping[str, tuple[int, ...]]
-    ) -> dict[str, torch.Tensor] | None:
+        path: Path,
+        expected: Mapping[str, tuple[int, ...]],
+        check: Callable[[Mapping[str, torch.Tensor]], str | None],
+    ) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
         try:
             tensors = load_file(str(path))
+            with safe_open(str(path), framework="pt") as fh:
+                meta = fh.metadata() or {}
         except Exception as exc:  # corrupted or truncated file
             warnings.warn(
                 f"activation cache entry {path} does not load ({exc}); recomputing it.",
-                stacklevel=3,
+                stacklevel=4,
             )
             return None
         for name, shape in expected.items():
@@ -107,16 +145,26 @@ class ActivationStore:
                 warnings.warn(
                     f"activation cache entry {path} has {name} {got}, expected {tuple(shape)}; "
                     "recomputing it.",
-                    stacklevel=3,
+                    stacklevel=4,
                 )
                 return None
-        return tensors
+        problem = check(tensors)
+        if problem:
+            warnings.warn(f"activation cache entry {path} is unusable ({problem}); "
+                          "recomputing it.", stacklevel=4)
+            return None
+        labels = {k.removeprefix(_LABEL): v for k, v in meta.items() if k.startswith(_LABEL)}
+        return tensors, labels
 
     @staticmethod
     def _write(
-        path: Path, tensors: Mapping[str, torch.Tensor], key_parts: Mapping[str, Any]
+        path: Path,
+        tensors: Mapping[str, torch.Tensor],
+        key_parts: Mapping[str, Any],
+        labels: Mapping[str, str],
     ) -> None:
-        meta = {"key": json.dumps(key_parts, sort_keys=True, default=str)}
+        meta = {"key": json.dumps(key_parts, sort_keys=True, default=str),
+                **{_LABEL + k: v for k, v in labels.items()}}
         try:
             with atomic_file(path) as tmp:
                 save_file(

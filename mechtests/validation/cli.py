@@ -16,6 +16,7 @@ from mechtests.errors import MechTestsError
 
 def add_validate_subparser(sub: Any) -> None:
     """Register ``validate`` on the ``mechtests`` subcommand parser."""
+    from mechtests.families import max_examples_arg
     from mechtests.validation.mutants import MUTANTS
 
     parser = sub.add_parser(
@@ -48,9 +49,9 @@ def add_validate_subparser(sub: Any) -> None:
     parser.add_argument("-k", dest="keyword", default=None, metavar="EXPR",
                         help="pytest -k expression selecting the claims to run (e.g. "
                         "'truth.direction'). Default: every claim.")
-    parser.add_argument("--max-examples", type=int, default=None, metavar="N",
-                        help="subsample every dataset to at most N examples (faster, noisier). "
-                        "Default: all.")
+    parser.add_argument("--max-examples", type=max_examples_arg, default=None, metavar="N|all",
+                        help="subsample every dataset to at most N examples (faster, noisier; "
+                        "'all': every example). Default: the family's max_examples, else all.")
 
 
 def run_validate(args: argparse.Namespace) -> int:

@@ -74,7 +74,7 @@ def test_a_datasets_folder_that_does_not_exist_is_refused(case: Case) -> None:
                         "is not a directory")
 
 
-@pytest.mark.parametrize("value", ["0", "-3"])
+@pytest.mark.parametrize("value", ["0", "-3", "many"])
 def test_max_examples_below_one_is_refused(case: Case, value: str) -> None:
     assert_config_error(case.run("--max-examples", value), f"--max-examples is {value}",
                         "N >= 1")

@@ -110,8 +110,9 @@ def test_a_bad_option_under_xdist_is_one_line_before_any_worker_starts(
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     errors = [line for line in result.stderr.lines if line.startswith("ERROR:")]
     assert errors == [
-        "ERROR: preflight: --max-examples is 0; expected a number >= 1 (examples per dataset). "
-        "Fix: pass --max-examples N with N >= 1, or leave it out for all."
+        "ERROR: preflight: --max-examples is 0; expected a number >= 1 (examples per dataset) "
+        "or all. Fix: pass --max-examples N with N >= 1, --max-examples all for every example, "
+        "or leave it out for the family's default."
     ]
     assert "workers" not in result.stdout.str()
     assert not (pytester.path / "reports").exists()

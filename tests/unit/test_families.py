@@ -98,3 +98,51 @@ def test_a_gguf_package_that_is_not_installed_names_the_real_extra(tmp_path: Pat
     with pytest.raises(CheckpointError, match=r"not installed.*mechtests\[real\]") as info:
         resolve_checkpoint("gguf-package:no-such-gguf-package", tmp_path)
     assert "\n" not in str(info.value)
+
+
+def test_a_family_default_sample_applies_unless_the_run_gives_max_examples(
+    tmp_path: Path,
+) -> None:
+    from mechtests.measures.context import FamilyContext, RunOptions
+
+    gemma = load_families()["gemma3-270m"]
+    assert gemma.max_examples == 40
+    assert load_families()["organism"].max_examples is None
+
+    def kept(family: object, given: int | None) -> int:
+        options = RunOptions(cache_dir=tmp_path, report_dir=tmp_path, max_examples=given)
+        return len(FamilyContext(family, options).subsample(range(100)))  # type: ignore[arg-type]
+
+    assert (kept(gemma, None), kept(gemma, 8), kept(gemma, 0)) == (40, 8, 100)
+    assert kept(load_families()["organism"], None) == 100
+
+
+@pytest.mark.parametrize(("given", "parsed"), [(None, None), ("all", 0), ("ALL", 0), ("12", 12)])
+def test_max_examples_reads_a_number_or_all(given: str | None, parsed: int | None) -> None:
+    from mechtests.families import parse_max_examples
+
+    assert parse_max_examples(given) == parsed
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "1.5", "some"])
+def test_a_max_examples_that_is_not_a_count_names_the_value_and_the_fix(value: str) -> None:
+    from mechtests.families import parse_max_examples
+
+    with pytest.raises(ValueError, match=rf"--max-examples is {value}; expected a number >= 1 .*"
+                                         r"Fix: pass --max-examples N"):
+        parse_max_examples(value)
+
+
+@pytest.mark.parametrize("value", ["0", "many", "true"])
+def test_a_family_max_examples_that_is_not_a_whole_number_is_refused(
+    tmp_path: Path, value: str
+) -> None:
+    import yaml
+
+    from mechtests.families import PACKAGED_FAMILIES
+
+    entry = yaml.safe_load(PACKAGED_FAMILIES.read_text())["tiny"]
+    bad = tmp_path / "fams.yaml"
+    bad.write_text(yaml.safe_dump({"mine": {**entry, "max_examples": yaml.safe_load(value)}}))
+    with pytest.raises(ConfigError, match=r"max_examples .* expected a whole number >= 1"):
+        load_families(bad)

@@ -86,3 +86,55 @@ def test_self_patch_reports_the_dataset_with_the_weakest_control_contrast(ctx: A
     weakest = min(rows, key=lambda d: rows[d]["control"] - rows[d]["metric"])
     assert m.details["dataset"] == weakest
     assert m.control == pytest.approx(rows[weakest]["control"])
+
+
+def test_a_second_run_reads_every_map_and_clean_ld_from_the_store_without_patching(
+    ctx: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+
+    from mechtests.measures.context import FamilyContext
+    from mechtests.measures.knowledge import runs
+    from mechtests.measures.knowledge.runs import knowledge_run
+
+    first = knowledge_run(ctx, "cities")
+
+    def no_compute(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("recomputed a cached map or clean LD")
+
+    monkeypatch.setattr(runs, "patch_heatmaps_many", no_compute)
+    monkeypatch.setattr(runs, "clean_logit_diffs", no_compute)
+    again = knowledge_run(FamilyContext(ctx.family, ctx.options), "cities")
+    assert again.maps.keys() == first.maps.keys()
+    for key, heat in first.maps.items():
+        np.testing.assert_array_equal(again.maps[key], heat)
+    for role, ld in first.ld_true.items():
+        np.testing.assert_array_equal(again.ld_true[role], ld)
+    assert again.engines == first.engines
+
+
+def test_a_map_entry_with_a_nan_inside_a_window_is_recomputed_with_a_warning(
+    ctx: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from mechtests.measures.context import FamilyContext
+    from mechtests.measures.knowledge.runs import knowledge_run
+
+    knowledge_run(ctx, "cities")
+    entries = sorted(ctx.store.root.glob("*/patching-cities-*.safetensors"))
+    assert entries
+    path = entries[0]
+    with safe_open(str(path), framework="pt") as entry:  # keep its key and engine labels
+        meta = entry.metadata()
+    tensors = load_file(str(path))
+    tensors["ld:0"][0, 0, -1] = torch.nan  # a half-written map: a hole inside the window
+    save_file(tensors, str(path), meta)
+    fresh = FamilyContext(ctx.family, ctx.options)
+    with pytest.warns(UserWarning, match="unusable"):
+        run = knowledge_run(fresh, "cities")
+    assert fresh.store.misses >= 1
+    assert all(not np.isnan(m[:, :, -1]).any() for m in run.maps.values())

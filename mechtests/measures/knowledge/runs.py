@@ -6,7 +6,9 @@ subsampled by ``ctx.subsample``), each model's clean logit differences, and per-
 maps keyed ``(source, target)``: ``(m, m)`` is model ``m``'s own heatmap (paper code
 Knowledge+Truthfulness/patching.py:patching_one_model),
 ``(a, b)`` patches ``a``'s TRUE activations into ``b`` (section 3). TRUE activations always go
-through the on-disk store (``ctx.activations``), so a cross-model run only holds its target.
+through the on-disk store (``ctx.activations``), so a cross-model run only holds its target;
+the clean logit differences and every patching call's maps are store entries too, keyed by the
+target's prompts and every source's activations, so a second run loads no model for them.
 
 Model visits, in order (each model is loaded once, the base twice):
 ``base`` (activations, own map) -> ``control`` (same) -> each post role (same, plus
@@ -44,7 +46,7 @@ prompts; the paper uses the SFT model's prompts for both models of a cross-model
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -62,6 +64,7 @@ from mechtests.data.statements import load_few_shot, load_statements
 from mechtests.errors import DatasetError
 from mechtests.methods.heatmaps import group_columns, recovered_fraction
 from mechtests.methods.patching import clean_logit_diffs, patch_heatmaps_many, resid_sites
+from mechtests.store import hash_prompts
 
 if TYPE_CHECKING:
     from mechtests.engine.backend import Backend
@@ -293,34 +296,88 @@ def _source(ctx: FamilyContext, run: KnowledgeRun, source: str) -> list[torch.Te
 
 
 def _visit(ctx: FamilyContext, run: KnowledgeRun, target: str, sources: Sequence[str]) -> None:
-    """Load ``target`` once: its own activations, clean LDs and map, then ``sources -> target``."""
+    """``target``'s clean LDs and own map, then ``sources -> target``; results go through the
+    store, so the model is loaded only for what is not cached."""
     todo = [s for s in [target, *sources] if (s, target) not in run.maps]
     if not todo and target in run.ld_true:
         return
-    backend = ctx.backend(target)
     # the target's own TRUE activations go to the store while it is loaded (a later source),
     # and its FALSE ones where they are the null of its patches into other models
-    own = _source(ctx, run, target) if target in todo or target not in run.ld_true else None
+    if target in todo or target not in run.ld_true:
+        _source(ctx, run, target)
     if null_source(ctx, target) != NULL:
         _source(ctx, run, null_source(ctx, target))
-    false_prompts = _prompts(ctx, target, run.pset.false_prompts)
     if target not in run.ld_true:
-        run.ld_true[target] = clean_logit_diffs(
-            backend, _prompts(ctx, target, run.pset.true_prompts), run.readout, MAX_ROWS
-        ).numpy()
+        run.ld_true[target] = _clean_lds(ctx, run, target)
     # the own map alone (its sites before the first differing token are free), then every
     # other source in one pass over the FALSE prompts
     calls = [[s] for s in todo if s == target] + [[s for s in todo if s != target]]
     for call in [c for c in calls if c]:
-        srcs = [own if s == target and own is not None else _source(ctx, run, s) for s in call]
-        results = patch_heatmaps_many(
-            backend, false_prompts, srcs, run.readout, run.pset.widths, max_rows=MAX_ROWS
-        )
-        for source, result in zip(call, results):
-            run.ld_false.setdefault(target, result.ld_false.numpy())
-            run.maps[(source, target)] = _per_pair_maps(run.pset, result.ld.numpy())
-            run.engines[f"{source}->{target}"] = result.engine + (
-                f" ({result.note})" if result.note else "")
+        maps, engines = _patch_maps(ctx, run, target, call)
+        run.ld_false.setdefault(target, maps["ld_false"].numpy())
+        for i, source in enumerate(call):
+            run.maps[(source, target)] = _per_pair_maps(run.pset, maps[f"ld:{i}"].numpy())
+            run.engines[f"{source}->{target}"] = engines[f"{i}"]
+
+
+def _prompt_key(ctx: FamilyContext, role: str, prompts: Sequence[str]) -> dict[str, object]:
+    """What identifies ``role``'s run on ``prompts`` in a cache key."""
+    return {"model": ctx.fingerprint(role), "dtype": ctx.options.dtype,
+            "backend": ctx.options.backend, "prompts": hash_prompts(prompts), "n": len(prompts)}
+
+
+def _source_prompts(ctx: FamilyContext, run: KnowledgeRun, source: str) -> tuple[str, list[str]]:
+    """The role and prompts whose activations :func:`_source` returns for ``source``."""
+    role = "control" if source == NULL else source.removesuffix(FALSE_RUN)
+    false_run = source.endswith(FALSE_RUN)
+    return role, _prompts(ctx, role, run.pset.false_prompts if false_run else run.pset.true_prompts)
+
+
+def _clean_lds(ctx: FamilyContext, run: KnowledgeRun, target: str) -> np.ndarray:
+    """``target``'s unpatched TRUE logit differences, through the store."""
+    prompts = _prompts(ctx, target, run.pset.true_prompts)
+    key = {**_prompt_key(ctx, target, prompts), "result": "clean-ld", "readout": run.readout}
+    entry = ctx.store.get_or_compute(
+        key, {"ld": (len(prompts),)},
+        lambda: {"ld": clean_logit_diffs(ctx.backend(target), prompts, run.readout, MAX_ROWS)},
+        tag=f"clean-ld-{run.dataset}")
+    return entry["ld"].numpy()
+
+
+def _patch_maps(ctx: FamilyContext, run: KnowledgeRun, target: str, call: Sequence[str]
+                ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The maps ``source -> target`` of every source in ``call`` (one patching call, one FALSE
+    pass) as ``ld:<i>`` and ``ld_false``, with each map's engine as label ``<i>``; through the
+    store, keyed by the target's FALSE run and every source's activations."""
+    false_prompts = _prompts(ctx, target, run.pset.false_prompts)
+    n, width = len(false_prompts), run.pset.width
+    key = {**_prompt_key(ctx, target, false_prompts), "result": "patching-maps",
+           "readout": run.readout, "widths": run.pset.widths,
+           "sources": [_prompt_key(ctx, *_source_prompts(ctx, run, s)) for s in call]}
+    expected = {f"ld:{i}": (n, run.n_layers, width) for i in range(len(call))}
+    outside = torch.tensor([[j < width - w for j in range(width)] for w in run.pset.widths],
+                           dtype=torch.bool).view(n, 1, width).expand(n, run.n_layers, width)
+
+    def problem(tensors: Mapping[str, torch.Tensor]) -> str | None:
+        """NaN exactly outside each pair's window, finite inside: a complete map."""
+        for name in expected:
+            ld = tensors[name]
+            if not torch.equal(torch.isnan(ld), outside) or torch.isinf(ld).any():
+                return f"{name} is not finite exactly inside the pairs' windows"
+        return None if torch.isfinite(tensors["ld_false"]).all() else "ld_false is not finite"
+
+    def compute() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        srcs = [_source(ctx, run, s) for s in call]
+        results = patch_heatmaps_many(ctx.backend(target), false_prompts, srcs, run.readout,
+                                      run.pset.widths, max_rows=MAX_ROWS)
+        tensors = {f"ld:{i}": r.ld for i, r in enumerate(results)}
+        labels = {f"{i}": r.engine + (f" ({r.note})" if r.note else "")
+                  for i, r in enumerate(results)}
+        return {**tensors, "ld_false": results[0].ld_false}, labels
+
+    return ctx.store.get_or_compute_labelled(
+        key, {**expected, "ld_false": (n,)}, compute, tag=f"patching-{run.dataset}",
+        problem=problem)
 
 
 def _per_pair_maps(pset: PatchingSet, ld: np.ndarray) -> np.ndarray:
