@@ -43,11 +43,22 @@ from mechtests.claims.model import (
     Verdict,
 )
 
-__all__ = ["ControlRule", "check_preconditions", "judge", "power_of"]
+__all__ = ["TIE", "ControlRule", "check_preconditions", "judge", "meets", "power_of"]
+
+
+# Values this close to a bound (relative, at least absolute for bounds below 1) sit on it: a
+# sum of bootstrap bins such as 0.1 + 0.2 = 0.30000000000000004 must not decide a verdict.
+TIE = 1e-9
 
 
 def _fmt(x: float) -> str:
     return f"{x:.3g}"
+
+
+def meets(x: float, op: str, bound: float) -> bool:
+    """``x >= bound`` or ``x <= bound`` (``op``), with ties within :data:`TIE` counted as met."""
+    slack = TIE * max(1.0, abs(bound)) if math.isfinite(bound) else 0.0
+    return x >= bound - slack if op == ">=" else x <= bound + slack
 
 
 def _number(value: object) -> float | None:
@@ -67,8 +78,8 @@ def check_preconditions(measurement: Measurement, preconditions: Iterable[Precon
             raise KeyError(pre.quantity)
         value = _number(measurement.details[pre.quantity])
         measured = float("nan") if value is None else value
-        holds = not math.isnan(measured) and (  # an infinite ratio compares like any number
-            measured >= pre.value if pre.op == ">=" else measured <= pre.value)
+        # an infinite ratio compares like any number
+        holds = not math.isnan(measured) and meets(measured, pre.op, pre.value)
         checks.append(PreconditionCheck(pre, measured, holds))
     return tuple(checks)
 
@@ -79,10 +90,9 @@ def power_of(metric: float, interval: tuple[float, float], op: str, threshold: f
     lo, hi = interval
     half = (hi - lo) / 2.0
     distance = abs(metric - threshold)
-    if op == ">=":
-        decided = lo >= threshold or hi < threshold
-    else:
-        decided = hi <= threshold or lo > threshold
+    judged, far = (lo, hi) if op == ">=" else (hi, lo)
+    # decided: the judged bound meets the threshold, or the far bound misses it
+    decided = meets(judged, op, threshold) or not meets(far, op, threshold)
     return Power(half, distance, decided)
 
 
@@ -125,7 +135,7 @@ def judge(measurement: Measurement, spec: ThresholdSpec) -> Judgement:
             return Judgement(Verdict.INCONCLUSIVE, f"the interval [{_fmt(lo)}, {_fmt(hi)}] is "
                              "undefined (a resample without a value)", bound, checks)
         power = power_of(metric, (lo, hi), spec.op, spec.value)
-    threshold_ok = bound >= spec.value if geq else bound <= spec.value
+    threshold_ok = meets(bound, spec.op, spec.value)
     symbol = (">=" if threshold_ok else "<") if geq else ("<=" if threshold_ok else ">")
     what = "CI bound" if from_interval else "metric"
     reasons = [f"{what} {_fmt(bound)} {symbol} {_fmt(spec.value)}"]
@@ -141,7 +151,7 @@ def judge(measurement: Measurement, spec: ThresholdSpec) -> Judgement:
                 bound, checks, power,
             )
         gap = metric - measurement.control if geq else measurement.control - metric
-        control_ok = gap >= spec.control.margin
+        control_ok = meets(gap, ">=", spec.control.margin)
         reasons.append(
             f"beats {measurement.control_label} ({_fmt(measurement.control)}) by {_fmt(gap)}"
             f" {'>=' if control_ok else '<'} {_fmt(spec.control.margin)}"
@@ -153,10 +163,10 @@ def judge(measurement: Measurement, spec: ThresholdSpec) -> Judgement:
             and spec.control is not None:
         if geq:  # lo, hi: the interval read above
             needed = max(spec.value, measurement.control + spec.control.margin)
-            reachable, best, side = hi >= needed, hi, ">="
+            reachable, best, side = meets(hi, ">=", needed), hi, ">="
         else:
             needed = min(spec.value, measurement.control - spec.control.margin)
-            reachable, best, side = lo <= needed, lo, "<="
+            reachable, best, side = meets(lo, "<=", needed), lo, "<="
         if reachable:  # the point misses the control's margin, the interval does not
             reasons[0] = (f"interval [{_fmt(lo)}, {_fmt(hi)}] reaches {_fmt(best)} {side} "
                           f"{_fmt(needed)} (the threshold and the control's margin), so the "

@@ -150,3 +150,21 @@ def test_an_undefined_metric_is_an_error_that_gives_the_measurement_s_reason() -
     result = judge(Measurement(float("nan"), 0.1, "ctl", details={"note": why}), HIGH)
     assert result.verdict is Verdict.ERROR
     assert result.message == f"metric is NaN: {why}"
+
+
+def test_an_interval_bound_off_the_threshold_by_float_rounding_sits_on_it() -> None:
+    # maxdiff bins of 0.1: a bootstrap bound of 0.1 + 0.2 is the threshold 0.3, not above it
+    spec = ThresholdSpec("x.y.z", "<=", 0.3, ControlRule(0.1), "test")
+    result = judge(Measurement(0.6, 1.0, "ctl", interval=(0.1 + 0.2, 0.9)), spec)
+    assert result.verdict is Verdict.INCONCLUSIVE
+    assert "contains the threshold 0.3" in result.message
+    assert judge(Measurement(0.6, 1.0, "ctl", interval=(0.31, 0.9)), spec).verdict \
+        is Verdict.FAIL
+
+
+def test_a_bound_or_a_control_gap_equal_to_its_threshold_up_to_rounding_meets_it() -> None:
+    spec = ThresholdSpec("x.y.z", ">=", 0.3, ControlRule(0.1), "test")
+    # 0.7 - 0.4 (just below 0.3 in floats) against 0.3; a gap 0.7 - 0.6 against the margin 0.1
+    assert judge(Measurement(0.7 - 0.4, 0.1, "ctl"), spec).verdict is Verdict.PASS
+    assert judge(Measurement(0.7, 0.6, "ctl"), spec).verdict is Verdict.PASS
+    assert judge(Measurement(0.3 - 1e-6, 0.0, "ctl"), spec).verdict is Verdict.FAIL
