@@ -10,10 +10,44 @@ experiment to decide the claim at all.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
+
+# Comparison operators of thresholds and preconditions: ">=" / "<=" inclusive, ">" / "<"
+# strict (a claim that a gap is positive fails at exactly 0).
+OPS = (">=", "<=", ">", "<")
+_NEGATED = {">=": "<", "<=": ">", ">": "<=", "<": ">="}
+# Values this close to a bound (relative; absolute for bounds below 1) sit on it: a sum of
+# bootstrap bins such as 0.1 + 0.2 = 0.30000000000000004 must not decide a verdict.
+TIE = 1e-9
+
+
+def higher_is_better(op: str) -> bool:
+    """Whether ``op`` asks for values above its bound (``>=``, ``>``)."""
+    return op in (">=", ">")
+
+
+def negated(op: str) -> str:
+    """The operator that holds where ``op`` does not (``>=`` -> ``<``)."""
+    return _NEGATED[op]
+
+
+def meets(x: float, op: str, bound: float) -> bool:
+    """``x op bound``, a value within :data:`TIE` of the bound counting as on it: met by the
+    inclusive operators, missed by the strict ones."""
+    slack = TIE * max(1.0, abs(bound)) if math.isfinite(bound) else 0.0
+    if op == ">=":
+        return x >= bound - slack
+    if op == "<=":
+        return x <= bound + slack
+    if op == ">":
+        return x > bound + slack
+    if op == "<":
+        return x < bound - slack
+    raise ValueError(f"op must be one of {OPS}, got {op!r}")
 
 
 class Verdict(str, Enum):
@@ -82,7 +116,7 @@ class Precondition:
     """What must hold before a claim's metric is read: ``details[quantity] op value``."""
 
     quantity: str  # a key of Measurement.details (a number)
-    op: str  # ">=" or "<="
+    op: str  # one of OPS
     value: float
     why: str  # what the check protects, in words ("own-vector steering works")
     source: str  # where the floor comes from (paper section, or "ours: <reason>")
@@ -98,7 +132,7 @@ class PreconditionCheck:
 
     def describe(self) -> str:
         p = self.precondition
-        sym = p.op if self.holds else ("<" if p.op == ">=" else ">")
+        sym = p.op if self.holds else negated(p.op)
         return f"{p.why}: {p.quantity} {self.measured:.3g} {sym} {p.value:.3g}"
 
 
@@ -117,7 +151,7 @@ class ThresholdSpec:
     """A claim's pass rule on one family, with its provenance."""
 
     claim_id: str
-    op: str  # ">=" or "<="
+    op: str  # one of OPS
     value: float
     control: ControlRule | None
     source: str

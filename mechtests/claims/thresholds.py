@@ -16,11 +16,10 @@ from typing import Any
 
 import yaml
 
-from mechtests.claims.model import ControlRule, Precondition, ThresholdSpec
+from mechtests.claims.model import OPS, ControlRule, Precondition, ThresholdSpec
 from mechtests.errors import ConfigError
 
 PACKAGED_THRESHOLDS = Path(__file__).resolve().parent.parent / "thresholds.yaml"
-_OPS = (">=", "<=")
 _RULE_KEYS = {"op", "value", "control_margin", "uses_interval", "source", "note", "tolerance",
               "preconditions"}
 _PRECONDITION_KEYS = {"quantity", "op", "value", "why", "source"}
@@ -82,9 +81,10 @@ def _check_rule(rule: Mapping[str, Any], where: str, path: Path, partial: bool) 
             f"{path}: {where} has unknown keys {sorted(unknown)}; expected some of "
             f"{sorted(_RULE_KEYS)}. Fix: remove or rename them."
         )
-    if "op" in rule and rule["op"] not in _OPS:
+    if "op" in rule and rule["op"] not in OPS:
         raise ConfigError(
-            f"{path}: {where} has op {rule['op']!r}; expected one of {_OPS}. Fix: use '>=' or '<='."
+            f"{path}: {where} has op {rule['op']!r}; expected one of {OPS}. Fix: use '>=', "
+            "'<=', '>' or '<'."
         )
     for key in ("value", "control_margin"):
         value = rule.get(key)
@@ -125,9 +125,9 @@ def _check_preconditions(raw: Any, where: str, path: Path) -> None:
         if keys != _PRECONDITION_KEYS:
             raise ConfigError(f"{path}: {at} has keys {sorted(keys)}; expected exactly "
                               f"{sorted(_PRECONDITION_KEYS)}. Fix: {example}.")
-        if pre["op"] not in _OPS:
-            raise ConfigError(f"{path}: {at}.op is {pre['op']!r}; expected one of {_OPS}. "
-                              "Fix: use '>=' or '<='.")
+        if pre["op"] not in OPS:
+            raise ConfigError(f"{path}: {at}.op is {pre['op']!r}; expected one of {OPS}. "
+                              "Fix: use '>=', '<=', '>' or '<'.")
         value = pre["value"]
         if isinstance(value, bool) or not isinstance(value, (int, float)) \
                 or not math.isfinite(value):

@@ -33,6 +33,7 @@ import math
 from collections.abc import Iterable
 
 from mechtests.claims.model import (
+    TIE,
     ControlRule,
     Judgement,
     Measurement,
@@ -41,24 +42,16 @@ from mechtests.claims.model import (
     PreconditionCheck,
     ThresholdSpec,
     Verdict,
+    higher_is_better,
+    meets,
+    negated,
 )
 
 __all__ = ["TIE", "ControlRule", "check_preconditions", "judge", "meets", "power_of"]
 
 
-# Values this close to a bound (relative, at least absolute for bounds below 1) sit on it: a
-# sum of bootstrap bins such as 0.1 + 0.2 = 0.30000000000000004 must not decide a verdict.
-TIE = 1e-9
-
-
 def _fmt(x: float) -> str:
     return f"{x:.3g}"
-
-
-def meets(x: float, op: str, bound: float) -> bool:
-    """``x >= bound`` or ``x <= bound`` (``op``), with ties within :data:`TIE` counted as met."""
-    slack = TIE * max(1.0, abs(bound)) if math.isfinite(bound) else 0.0
-    return x >= bound - slack if op == ">=" else x <= bound + slack
 
 
 def _number(value: object) -> float | None:
@@ -90,7 +83,7 @@ def power_of(metric: float, interval: tuple[float, float], op: str, threshold: f
     lo, hi = interval
     half = (hi - lo) / 2.0
     distance = abs(metric - threshold)
-    judged, far = (lo, hi) if op == ">=" else (hi, lo)
+    judged, far = (lo, hi) if higher_is_better(op) else (hi, lo)
     # decided: the judged bound meets the threshold, or the far bound misses it
     decided = meets(judged, op, threshold) or not meets(far, op, threshold)
     return Power(half, distance, decided)
@@ -123,7 +116,7 @@ def judge(measurement: Measurement, spec: ThresholdSpec) -> Judgement:
         note = measurement.details.get("note")
         reason = f"metric is NaN: {note}" if note else "metric is NaN"
         return Judgement(Verdict.ERROR, reason, float("nan"), checks)
-    geq = spec.op == ">="
+    geq = higher_is_better(spec.op)
     bound = metric
     from_interval = spec.uses_interval and measurement.interval is not None
     power: Power | None = None
@@ -136,7 +129,7 @@ def judge(measurement: Measurement, spec: ThresholdSpec) -> Judgement:
                              "undefined (a resample without a value)", bound, checks)
         power = power_of(metric, (lo, hi), spec.op, spec.value)
     threshold_ok = meets(bound, spec.op, spec.value)
-    symbol = (">=" if threshold_ok else "<") if geq else ("<=" if threshold_ok else ">")
+    symbol = spec.op if threshold_ok else negated(spec.op)
     what = "CI bound" if from_interval else "metric"
     reasons = [f"{what} {_fmt(bound)} {symbol} {_fmt(spec.value)}"]
     if power is not None:
@@ -163,11 +156,13 @@ def judge(measurement: Measurement, spec: ThresholdSpec) -> Judgement:
             and spec.control is not None:
         if geq:  # lo, hi: the interval read above
             needed = max(spec.value, measurement.control + spec.control.margin)
-            reachable, best, side = meets(hi, ">=", needed), hi, ">="
+            best, side = hi, ">="
         else:
             needed = min(spec.value, measurement.control - spec.control.margin)
-            reachable, best, side = meets(lo, "<=", needed), lo, "<="
-        if reachable:  # the point misses the control's margin, the interval does not
+            best, side = lo, "<="
+        # the point misses the control's margin; the interval's far end clears it and the
+        # (maybe strict) threshold
+        if meets(best, side, needed) and meets(best, spec.op, spec.value):
             reasons[0] = (f"interval [{_fmt(lo)}, {_fmt(hi)}] reaches {_fmt(best)} {side} "
                           f"{_fmt(needed)} (the threshold and the control's margin), so the "
                           "missed control margin is not decided")

@@ -29,7 +29,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from mechtests.claims.model import OPS, higher_is_better, meets, negated
+
 __all__ = ["VERDICTS", "cell_parts", "render_html", "write_html"]
+
+_SYMBOLS = {">=": "≥", "<=": "≤", ">": ">", "<": "<"}
 
 Record = Mapping[str, Any]
 VERDICTS = ("PASS", "FAIL", "INCONCLUSIVE", "XFAIL", "XPASS", "ERROR", "SKIP", "INFO")
@@ -67,11 +71,10 @@ def cell_parts(record: Record) -> dict[str, str]:
     if metric is None:
         return parts
     shown = float(metric)
-    if interval and op in (">=", "<="):
-        shown = float(interval[0] if op == ">=" else interval[1])
-    if threshold is not None and op in (">=", "<="):
-        ok = shown >= threshold if op == ">=" else shown <= threshold
-        sym = {">=": "≥", "<=": "≤"}[op] if ok else ("<" if op == ">=" else ">")
+    if interval and op in OPS:
+        shown = float(interval[0] if higher_is_better(op) else interval[1])
+    if threshold is not None and op in OPS:
+        sym = _SYMBOLS[op if meets(shown, op, threshold) else negated(op)]
         parts["compare"] = f"{_fmt(shown)} {sym} {_fmt(threshold)}"
     else:
         parts["compare"] = _fmt(shown)

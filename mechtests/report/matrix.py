@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mechtests.checkpoints.atomic import write_file_atomically
+from mechtests.claims.model import OPS, higher_is_better, meets, negated
 
 Record = Mapping[str, Any]
 PACKAGES = (
@@ -50,7 +51,7 @@ def _inconclusive_text(record: Record) -> str | None:
     ``INCONCLUSIVE 0.743..0.957 spans 0.95`` (the interval contains the threshold)."""
     for check in record.get("preconditions") or []:
         if not check.get("holds"):
-            sym = "<" if check["op"] == ">=" else ">"
+            sym = negated(check["op"])
             return (f"INCONCLUSIVE {check['quantity']} {_num(check['measured'])}{sym}"
                     f"{_num(check['value'])}")
     power, interval = record.get("power"), record.get("interval")
@@ -74,10 +75,11 @@ def cell_text(record: Record) -> str:
     interval = record.get("interval")
     op = record.get("op") or "?"
     shown = metric
+    if op not in OPS:
+        return f"{verdict} {_num(metric)}"
     if interval:
-        shown = interval[0] if op == ">=" else interval[1]
-    ok = shown >= record["threshold"] if op == ">=" else shown <= record["threshold"]
-    sym = op if ok else ("<" if op == ">=" else ">")
+        shown = interval[0] if higher_is_better(op) else interval[1]
+    sym = op if meets(shown, op, record["threshold"]) else negated(op)
     text = f"{verdict} {_num(shown)}{sym}{_num(record['threshold'])}"
     if record.get("control") is not None:
         text += f" c{_num(record['control'])}"

@@ -129,3 +129,13 @@ def test_the_problem_lines_name_each_failed_or_errored_cell_once() -> None:
                            rec("ERROR", "CacheError: NaN.\nmore")])
     assert lines == ["ERROR truth.x on tiny (base->error): CacheError: NaN. more",
                      "FAIL truth.x on tiny (base->fail): 0.1 < 0.8"]
+
+
+def test_the_matrix_records_each_family_s_examples_per_dataset() -> None:
+    from mechtests.families import load_families
+    from mechtests.plugin.recorder import examples_per_family
+
+    families = {name: load_families()[name] for name in ("gemma3-270m", "organism")}
+    assert examples_per_family(None, families) == {"gemma3-270m": 40, "organism": "all"}
+    assert examples_per_family("8", families) == {"gemma3-270m": 8, "organism": 8}
+    assert examples_per_family("all", families) == {"gemma3-270m": "all", "organism": "all"}

@@ -60,7 +60,7 @@ def test_expected_failures_are_looked_up_per_family(tmp_path: Path) -> None:
         (GOOD.replace("value: 0.8", "value: high"), "must be a number"),
         (with_precondition(PRECONDITION.replace('why: "own vector steers", ', "")),
          "preconditions\\[0\\] has keys .* expected exactly"),
-        (with_precondition(PRECONDITION.replace('op: ">="', 'op: ">"')), "op is '>'.*Fix:"),
+        (with_precondition(PRECONDITION.replace('op: ">="', 'op: "=>"')), "op is '=>'.*Fix:"),
         (with_precondition(PRECONDITION.replace("value: 0.1", "value: .inf")),
          "value must be a finite number.*Fix:"),
         (with_precondition(PRECONDITION.replace('source: "ours"', 'source: ""')),

@@ -168,3 +168,28 @@ def test_a_bound_or_a_control_gap_equal_to_its_threshold_up_to_rounding_meets_it
     assert judge(Measurement(0.7 - 0.4, 0.1, "ctl"), spec).verdict is Verdict.PASS
     assert judge(Measurement(0.7, 0.6, "ctl"), spec).verdict is Verdict.PASS
     assert judge(Measurement(0.3 - 1e-6, 0.0, "ctl"), spec).verdict is Verdict.FAIL
+
+
+def test_a_strict_claim_fails_on_its_bound_where_an_inclusive_one_passes() -> None:
+    strict = ThresholdSpec("x.y.z", ">", 0.0, ControlRule(0.1), "test")
+    inclusive = ThresholdSpec("x.y.z", ">=", 0.0, ControlRule(0.1), "test")
+    # a post model identical to its base: both cosines 1, the gap 0 up to rounding
+    on_bound = Measurement(0.0, -0.168, "ctl", interval=(-4.4e-16, 2.2e-16))
+    result = judge(on_bound, strict)
+    assert result.verdict is Verdict.FAIL
+    assert "CI bound -4.4e-16 <= 0" in result.message
+    assert judge(on_bound, inclusive).verdict is Verdict.PASS
+    assert judge(Measurement(0.2, -0.168, "ctl", interval=(0.1, 0.3)), strict).verdict \
+        is Verdict.PASS
+    assert judge(Measurement(0.05, -0.168, "ctl", interval=(-0.1, 0.2)), strict).verdict \
+        is Verdict.INCONCLUSIVE
+
+
+@pytest.mark.parametrize(("op", "x", "holds"), [
+    (">=", 0.3 - 1e-12, True), (">", 0.3 + 1e-12, False), (">", 0.31, True),
+    ("<=", 0.3 + 1e-12, True), ("<", 0.3 - 1e-12, False), ("<", 0.29, True)])
+def test_comparisons_count_a_rounding_error_as_on_the_bound(op: str, x: float,
+                                                            holds: bool) -> None:
+    from mechtests.claims.model import meets
+
+    assert meets(x, op, 0.3) is holds
