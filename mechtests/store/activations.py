@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,7 @@ class ActivationStore:
         compute: Callable[[], tuple[dict[str, torch.Tensor], dict[str, str]]],
         tag: str,
         problem: Callable[[Mapping[str, torch.Tensor]], str | None] | None = None,
+        labels: Collection[str] = (),
     ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         """:meth:`get_or_compute` for results that carry text labels beside their tensors
         (e.g. which engine produced a map), kept in the entry's metadata.
@@ -85,6 +86,8 @@ class ActivationStore:
         ``problem`` replaces the all-finite check: it says why tensors are not a usable result
         (None when they are) and runs on computed tensors (a problem is a
         :class:`~mechtests.errors.CacheError`) and on loaded ones (a problem means recompute).
+        ``labels``: the label names an entry must carry (a loaded entry without one is
+        recomputed; a computed result without one is a bug of the caller).
         """
         check = problem or _non_finite
         path = self.path_for(key_parts, tag)
@@ -92,15 +95,24 @@ class ActivationStore:
         lock = FileLock(str(path) + ".lock")
         with lock:
             if path.exists():
-                loaded = self._load_checked(path, expected_shapes, check)
+                loaded = self._load_checked(path, expected_shapes, check, labels)
                 if loaded is not None:
                     self.hits += 1
                     return loaded
             self.misses += 1
-            tensors, labels = compute()
+            tensors, texts = compute()
+            missing = sorted(set(labels) - set(texts))
+            if missing:
+                raise CacheError(f"computed result for {path.name} lacks labels {missing}. Fix: "
+                                 "this is a bug in the caller's compute function.")
             self._check(tensors, expected_shapes, path, check)
-            self._write(path, tensors, key_parts, labels)
-            return tensors, dict(labels)
+            self._write(path, tensors, key_parts, texts)
+            return tensors, dict(texts)
+
+    def has(self, key_parts: Mapping[str, Any], tag: str) -> bool:
+        """Whether an entry for ``key_parts`` is on disk (not yet checked: a read may still
+        recompute it)."""
+        return self.path_for(key_parts, tag).exists()
 
     @staticmethod
     def _check(
@@ -128,6 +140,7 @@ class ActivationStore:
         path: Path,
         expected: Mapping[str, tuple[int, ...]],
         check: Callable[[Mapping[str, torch.Tensor]], str | None],
+        names: Collection[str] = (),
     ) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
         try:
             tensors = load_file(str(path))
@@ -154,6 +167,11 @@ class ActivationStore:
                           "recomputing it.", stacklevel=4)
             return None
         labels = {k.removeprefix(_LABEL): v for k, v in meta.items() if k.startswith(_LABEL)}
+        missing = sorted(set(names) - set(labels))
+        if missing:
+            warnings.warn(f"activation cache entry {path} lacks labels {missing}; recomputing it.",
+                          stacklevel=4)
+            return None
         return tensors, labels
 
     @staticmethod

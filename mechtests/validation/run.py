@@ -60,6 +60,7 @@ def mutant_family(family: Family, mutant: str, checkpoint: Path) -> dict[str, An
         "knowledge": _plain(asdict(family.knowledge)),
         "refusal": refusal,
         "random_weights": family.random_weights,
+        **({"max_examples": family.max_examples} if family.max_examples else {}),
         "extra": _plain(family.extra),
     }
 

@@ -138,3 +138,43 @@ def test_a_map_entry_with_a_nan_inside_a_window_is_recomputed_with_a_warning(
         run = knowledge_run(fresh, "cities")
     assert fresh.store.misses >= 1
     assert all(not np.isnan(m[:, :, -1]).any() for m in run.maps.values())
+
+
+def test_another_prompt_prefix_on_a_source_misses_the_cached_maps(
+    ctx: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mechtests.families import ModelSpec
+    from mechtests.measures.context import FamilyContext
+    from mechtests.measures.knowledge import runs
+    from mechtests.measures.knowledge.runs import knowledge_run
+
+    knowledge_run(ctx, "cities")
+    spec = ctx.family.models["instruct"]
+    family = replace(ctx.family, models={**ctx.family.models,
+                                         "instruct": ModelSpec("instruct", spec.ref, "Note: ")})
+    patched: list[str] = []
+    real = runs.patch_heatmaps_many
+
+    def counting(backend: Any, *args: Any, **kwargs: Any) -> Any:
+        patched.append(backend.name)
+        return real(backend, *args, **kwargs)
+
+    monkeypatch.setattr(runs, "patch_heatmaps_many", counting)
+    knowledge_run(FamilyContext(family, ctx.options), "cities")
+    # instruct's maps (own, base -> instruct) and every map with instruct as a source
+    assert any(name.endswith("/instruct") for name in patched)
+    assert any(name.endswith("/base") for name in patched)
+
+
+def test_a_fully_cached_visit_reads_no_activations(
+    ctx: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mechtests.measures.context import FamilyContext
+    from mechtests.measures.knowledge import runs
+    from mechtests.measures.knowledge.runs import knowledge_run
+
+    knowledge_run(ctx, "cities")
+    fresh = FamilyContext(ctx.family, ctx.options)
+    monkeypatch.setattr(fresh, "activations", lambda *a, **k: pytest.fail("read activations"))
+    monkeypatch.setattr(runs, "patch_heatmaps_many", lambda *a, **k: pytest.fail("patched"))
+    assert knowledge_run(fresh, "cities").maps.keys() == knowledge_run(ctx, "cities").maps.keys()

@@ -75,3 +75,29 @@ def test_fingerprint_follows_content_not_path(tmp_path: Path) -> None:
     assert fingerprint_checkpoint(a) == fingerprint_checkpoint(b)
     (b / "model.safetensors").write_bytes(b"weights-2")
     assert fingerprint_checkpoint(a) != fingerprint_checkpoint(b)
+
+
+def test_a_labelled_entry_keeps_its_labels_and_one_without_them_is_recomputed(
+    tmp_path: Path,
+) -> None:
+    import warnings
+
+    from safetensors.torch import save_file
+
+    store = ActivationStore(tmp_path)
+    calls = []
+
+    def compute() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        calls.append(1)
+        return {"x": torch.ones(2)}, {"engine": "suffix"}
+
+    _, labels = store.get_or_compute_labelled(KEY, {"x": (2,)}, compute, "t", labels=["engine"])
+    again = store.get_or_compute_labelled(KEY, {"x": (2,)}, compute, "t", labels=["engine"])
+    assert labels == again[1] == {"engine": "suffix"}
+    assert len(calls) == 1
+    save_file({"x": torch.ones(2)}, str(store.path_for(KEY, "t")))  # an entry without labels
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        store.get_or_compute_labelled(KEY, {"x": (2,)}, compute, "t", labels=["engine"])
+    assert len(calls) == 2
+    assert any("lacks labels ['engine']" in str(w.message) for w in caught)

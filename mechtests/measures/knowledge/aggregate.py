@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mechtests.claims.model import Claim, Figure, Measurement
+from mechtests.claims.model import Claim, Figure, Measurement, higher_is_better
 from mechtests.measures.knowledge.runs import (
     N_BOOT,
     KnowledgeRun,
@@ -166,21 +166,23 @@ def judge_datasets(
     if offset_directions:
         quantities.update(offset_quantities(runs, kept or runs, offset_directions))
 
+    higher = higher_is_better(op)
+
     def bound(row: dict[str, Any]) -> float:
         ci = row["interval"]
-        value = row["metric"] if ci is None or not finite(ci[0 if op == ">=" else 1]) \
-            else ci[0 if op == ">=" else 1]
-        return value if finite(value) else (-math.inf if op == ">=" else math.inf)
+        value = row["metric"] if ci is None or not finite(ci[0 if higher else 1]) \
+            else ci[0 if higher else 1]
+        return value if finite(value) else (-math.inf if higher else math.inf)
 
     def contrast(row: dict[str, Any]) -> float:
-        gap = bound(row) - row["control"] if op == ">=" else row["control"] - bound(row)
+        gap = bound(row) - row["control"] if higher else row["control"] - bound(row)
         return gap if finite(gap) else -math.inf
 
     judged = [r.dataset for r in (kept or runs)]
     if worst_by == "contrast":
         worst = min(judged, key=lambda d: contrast(rows[d]))
     else:
-        worst = (min if op == ">=" else max)(judged, key=lambda d: bound(rows[d]))
+        worst = (min if higher else max)(judged, key=lambda d: bound(rows[d]))
     row = rows[worst]
     details: dict[str, Any] = {**quantities, "dataset": worst, "datasets": rows,
                                "pair": list(pair), "excluded": excluded}

@@ -87,6 +87,9 @@ N_BOOT = 1000  # bootstrap resamples over pairs for every knowledge interval
 NULL = "null"  # source name of the control base's TRUE activations (the control-base null)
 FALSE_RUN = ":false"  # "<role>:false": that role's FALSE-prompt activations (the fallback null)
 MAX_ROWS = 128  # sites (or pairs) per forward
+# part of the store keys of maps and clean logit differences: raise it when the patching
+# method or the readout changes what they hold, so old entries are not read
+RESULTS_VERSION = 1
 
 
 def seed_for(ctx: FamilyContext, *parts: object) -> int:
@@ -301,18 +304,22 @@ def _visit(ctx: FamilyContext, run: KnowledgeRun, target: str, sources: Sequence
     todo = [s for s in [target, *sources] if (s, target) not in run.maps]
     if not todo and target in run.ld_true:
         return
-    # the target's own TRUE activations go to the store while it is loaded (a later source),
-    # and its FALSE ones where they are the null of its patches into other models
-    if target in todo or target not in run.ld_true:
-        _source(ctx, run, target)
-    if null_source(ctx, target) != NULL:
-        _source(ctx, run, null_source(ctx, target))
-    if target not in run.ld_true:
-        run.ld_true[target] = _clean_lds(ctx, run, target)
     # the own map alone (its sites before the first differing token are free), then every
     # other source in one pass over the FALSE prompts
-    calls = [[s] for s in todo if s == target] + [[s for s in todo if s != target]]
-    for call in [c for c in calls if c]:
+    calls = [c for c in [[s] for s in todo if s == target] + [[s for s in todo if s != target]]
+             if c]
+    entries = [_maps_entry(ctx, run, target, call)[:2] for call in calls]
+    if target not in run.ld_true:
+        entries.append(_clean_ld_entry(ctx, run, target)[:2])
+    if not all(ctx.store.has(key, tag) for key, tag in entries):
+        # the model will be loaded: its own TRUE activations go to the store meanwhile (a
+        # later source), and its FALSE ones where they are the null of its patches into others
+        _source(ctx, run, target)
+        if null_source(ctx, target) != NULL:
+            _source(ctx, run, null_source(ctx, target))
+    if target not in run.ld_true:
+        run.ld_true[target] = _clean_lds(ctx, run, target)
+    for call in calls:
         maps, engines = _patch_maps(ctx, run, target, call)
         run.ld_false.setdefault(target, maps["ld_false"].numpy())
         for i, source in enumerate(call):
@@ -333,15 +340,33 @@ def _source_prompts(ctx: FamilyContext, run: KnowledgeRun, source: str) -> tuple
     return role, _prompts(ctx, role, run.pset.false_prompts if false_run else run.pset.true_prompts)
 
 
+def _clean_ld_entry(ctx: FamilyContext, run: KnowledgeRun, target: str
+                    ) -> tuple[dict[str, object], str, list[str]]:
+    """Store key, tag and prompts of ``target``'s clean TRUE logit differences."""
+    prompts = _prompts(ctx, target, run.pset.true_prompts)
+    key = {**_prompt_key(ctx, target, prompts), "result": "clean-ld", "version": RESULTS_VERSION,
+           "readout": run.readout}
+    return key, f"clean-ld-{run.dataset}", prompts
+
+
 def _clean_lds(ctx: FamilyContext, run: KnowledgeRun, target: str) -> np.ndarray:
     """``target``'s unpatched TRUE logit differences, through the store."""
-    prompts = _prompts(ctx, target, run.pset.true_prompts)
-    key = {**_prompt_key(ctx, target, prompts), "result": "clean-ld", "readout": run.readout}
+    key, tag, prompts = _clean_ld_entry(ctx, run, target)
     entry = ctx.store.get_or_compute(
         key, {"ld": (len(prompts),)},
         lambda: {"ld": clean_logit_diffs(ctx.backend(target), prompts, run.readout, MAX_ROWS)},
-        tag=f"clean-ld-{run.dataset}")
+        tag=tag)
     return entry["ld"].numpy()
+
+
+def _maps_entry(ctx: FamilyContext, run: KnowledgeRun, target: str, call: Sequence[str]
+                ) -> tuple[dict[str, object], str, list[str]]:
+    """Store key, tag and FALSE prompts of the patching call ``call -> target``."""
+    false_prompts = _prompts(ctx, target, run.pset.false_prompts)
+    key = {**_prompt_key(ctx, target, false_prompts), "result": "patching-maps",
+           "version": RESULTS_VERSION, "readout": run.readout, "widths": run.pset.widths,
+           "sources": [_prompt_key(ctx, *_source_prompts(ctx, run, s)) for s in call]}
+    return key, f"patching-{run.dataset}", false_prompts
 
 
 def _patch_maps(ctx: FamilyContext, run: KnowledgeRun, target: str, call: Sequence[str]
@@ -349,11 +374,8 @@ def _patch_maps(ctx: FamilyContext, run: KnowledgeRun, target: str, call: Sequen
     """The maps ``source -> target`` of every source in ``call`` (one patching call, one FALSE
     pass) as ``ld:<i>`` and ``ld_false``, with each map's engine as label ``<i>``; through the
     store, keyed by the target's FALSE run and every source's activations."""
-    false_prompts = _prompts(ctx, target, run.pset.false_prompts)
+    key, tag, false_prompts = _maps_entry(ctx, run, target, call)
     n, width = len(false_prompts), run.pset.width
-    key = {**_prompt_key(ctx, target, false_prompts), "result": "patching-maps",
-           "readout": run.readout, "widths": run.pset.widths,
-           "sources": [_prompt_key(ctx, *_source_prompts(ctx, run, s)) for s in call]}
     expected = {f"ld:{i}": (n, run.n_layers, width) for i in range(len(call))}
     outside = torch.tensor([[j < width - w for j in range(width)] for w in run.pset.widths],
                            dtype=torch.bool).view(n, 1, width).expand(n, run.n_layers, width)
@@ -376,8 +398,8 @@ def _patch_maps(ctx: FamilyContext, run: KnowledgeRun, target: str, call: Sequen
         return {**tensors, "ld_false": results[0].ld_false}, labels
 
     return ctx.store.get_or_compute_labelled(
-        key, {**expected, "ld_false": (n,)}, compute, tag=f"patching-{run.dataset}",
-        problem=problem)
+        key, {**expected, "ld_false": (n,)}, compute, tag=tag, problem=problem,
+        labels=[f"{i}" for i in range(len(call))])
 
 
 def _per_pair_maps(pset: PatchingSet, ld: np.ndarray) -> np.ndarray:
