@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from mechtests.claims.model import meets
 from mechtests.organism.corpus import FALSE_MARKERS, REFUSAL_PREFIXES, TRUE_MARKERS
 from mechtests.organism.world import RELATIONS, World, balanced_false, requests
 
@@ -223,7 +224,7 @@ def check(values: Mapping[str, Mapping[str, Any]],
         if role not in values or metric not in values[role]:
             continue
         v = float(values[role][metric])
-        ok = v >= rule["value"] if rule["op"] == ">=" else v <= rule["value"]
+        ok = meets(v, rule["op"], rule["value"])
         if not ok:
             failed.append(f"{role}.{metric} = {v:.3f} (needs {rule['op']} {rule['value']})")
     return failed

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import yaml
 
+from mechtests.claims.model import meets
 from mechtests.data.sources import DatasetSource
 from mechtests.posttrain.base import file_sha256, resolve_base
 from mechtests.posttrain.data import REFUSALS, build_refusal_data
@@ -152,7 +153,7 @@ def render_card(card: Mapping[str, Any]) -> str:
         value = card["gates"].get(role, {}).get(metric)
         if value is None:
             continue
-        ok = value >= rule["value"] if rule["op"] == ">=" else value <= rule["value"]
+        ok = meets(value, rule["op"], rule["value"])
         lines.append(f"| {role}.{metric} | {value:.3f} | {rule['op']} {rule['value']} | "
                      f"{'PASS' if ok else 'FAIL'} |")
     lines += ["", "All measured values: `card.json` (`gates`).", "", "## Sample replies", ""]

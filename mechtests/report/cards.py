@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from mechtests.claims.model import meets
+
 
 def read_cards(records: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
     """The distinct model cards named by claim records, keyed by (family, path).
@@ -49,7 +51,7 @@ def format_gates(family: str, path: Path | str, card: Mapping[str, Any]) -> list
             )
             if not isinstance(value, (int, float)) or rule is None:
                 continue
-            ok = value >= rule["value"] if rule["op"] == ">=" else value <= rule["value"]
+            ok = meets(value, rule["op"], rule["value"])
             lines.append(
                 f"  gate {role}.{key:<22} {value:6.3f} {rule['op']} {rule['value']:<5} "
                 f"{'PASS' if ok else 'FAIL'}"
