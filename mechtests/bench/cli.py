@@ -9,8 +9,8 @@ items processed and their rate, the peak memory, and for the model-bound phases 
 and its share of the bf16 peak (:mod:`mechtests.bench.flops`).
 
 Caches: checkpoints come from the usual cache (``--cache``, built once), but activations,
-steering and generation results go to a fresh scratch directory, so every run measures the
-work, never a cache hit. Verdicts are not computed (see ``mechtests run``).
+patching maps, steering and generation results go to a fresh scratch directory, so every run
+measures the work, never a cache hit. Verdicts are not computed (see ``mechtests run``).
 
 Real-shape families (``<preset>-shape``, :mod:`mechtests.families.shape`) default to bfloat16;
 ``--shape-layers N`` cuts them to ``N`` layers for a CPU.
