@@ -102,8 +102,7 @@ def _examples(given: str | None, family: Family) -> int:
     0 for every example."""
     from mechtests.families import parse_max_examples
 
-    limit = parse_max_examples(given)
-    return (family.max_examples or 0) if limit is None else limit
+    return family.examples(parse_max_examples(given)) or 0
 
 
 def _family(args: argparse.Namespace) -> Family:

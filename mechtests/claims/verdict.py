@@ -33,7 +33,6 @@ import math
 from collections.abc import Iterable
 
 from mechtests.claims.model import (
-    TIE,
     ControlRule,
     Judgement,
     Measurement,
@@ -47,7 +46,7 @@ from mechtests.claims.model import (
     negated,
 )
 
-__all__ = ["TIE", "ControlRule", "check_preconditions", "judge", "meets", "power_of"]
+__all__ = ["ControlRule", "check_preconditions", "judge", "power_of"]
 
 
 def _fmt(x: float) -> str:

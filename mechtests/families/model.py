@@ -114,6 +114,11 @@ class Family:
         models[role] = ModelSpec(role, ref, old.prompt_prefix if old else "")
         return replace(self, models=models)
 
+    def examples(self, given: int | None) -> int | None:
+        """Examples per dataset of a run: ``given`` (parsed ``--max-examples``; 0: every
+        example), else this family's ``max_examples``; None means every example."""
+        return (self.max_examples if given is None else given) or None
+
 
 ALL_EXAMPLES = "all"
 
@@ -128,11 +133,8 @@ def parse_max_examples(value: str | int | None) -> int | None:
     try:
         number = int(value)
     except ValueError:
-        number = 0
-        bad = True
-    else:
-        bad = number < 1
-    if bad:
+        number = 0  # not a whole number: refused below like one under 1
+    if number < 1:
         raise ValueError(
             f"--max-examples is {value}; expected a number >= 1 (examples per dataset) or "
             f"{ALL_EXAMPLES}. Fix: pass --max-examples N with N >= 1, --max-examples "

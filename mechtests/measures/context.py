@@ -178,10 +178,7 @@ class FamilyContext:
     def max_examples(self) -> int | None:
         """Examples per dataset: the run's ``max_examples`` (0: all), else the family's
         default, else None (all)."""
-        limit = self.options.max_examples
-        if limit is None:
-            return self.family.max_examples
-        return limit or None
+        return self.family.examples(self.options.max_examples)
 
     def subsample(self, items: Sequence[T], salt: str = "") -> list[T]:
         """At most :attr:`max_examples` items, drawn with a fixed seed (order preserved)."""

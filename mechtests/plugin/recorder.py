@@ -114,8 +114,7 @@ def examples_per_family(given: str | None, families: dict[str, Any]) -> dict[str
     from mechtests.families import ALL_EXAMPLES, parse_max_examples
 
     limit = parse_max_examples(given)
-    return {name: (fam.max_examples if limit is None else limit) or ALL_EXAMPLES
-            for name, fam in families.items()}
+    return {name: fam.examples(limit) or ALL_EXAMPLES for name, fam in families.items()}
 
 
 def problem_lines(records: list[dict[str, Any]]) -> list[str]:

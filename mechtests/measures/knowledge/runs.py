@@ -90,6 +90,7 @@ MAX_ROWS = 128  # sites (or pairs) per forward
 # part of the store keys of maps and clean logit differences: raise it when the patching
 # method or the readout changes what they hold, so old entries are not read
 RESULTS_VERSION = 1
+Entry = tuple[dict[str, object], str, list[str]]  # a store entry's key, tag and prompts
 
 
 def seed_for(ctx: FamilyContext, *parts: object) -> int:
@@ -308,19 +309,19 @@ def _visit(ctx: FamilyContext, run: KnowledgeRun, target: str, sources: Sequence
     # other source in one pass over the FALSE prompts
     calls = [c for c in [[s] for s in todo if s == target] + [[s for s in todo if s != target]]
              if c]
-    entries = [_maps_entry(ctx, run, target, call)[:2] for call in calls]
-    if target not in run.ld_true:
-        entries.append(_clean_ld_entry(ctx, run, target)[:2])
-    if not all(ctx.store.has(key, tag) for key, tag in entries):
+    map_entries = [_maps_entry(ctx, run, target, call) for call in calls]
+    ld_entry = _clean_ld_entry(ctx, run, target) if target not in run.ld_true else None
+    entries = [*map_entries, *([ld_entry] if ld_entry else [])]
+    if not all(ctx.store.has(key, tag) for key, tag, _ in entries):
         # the model will be loaded: its own TRUE activations go to the store meanwhile (a
         # later source), and its FALSE ones where they are the null of its patches into others
         _source(ctx, run, target)
         if null_source(ctx, target) != NULL:
             _source(ctx, run, null_source(ctx, target))
-    if target not in run.ld_true:
-        run.ld_true[target] = _clean_lds(ctx, run, target)
-    for call in calls:
-        maps, engines = _patch_maps(ctx, run, target, call)
+    if ld_entry:
+        run.ld_true[target] = _clean_lds(ctx, run, target, ld_entry)
+    for call, entry in zip(calls, map_entries):
+        maps, engines = _patch_maps(ctx, run, target, call, entry)
         run.ld_false.setdefault(target, maps["ld_false"].numpy())
         for i, source in enumerate(call):
             run.maps[(source, target)] = _per_pair_maps(run.pset, maps[f"ld:{i}"].numpy())
@@ -340,8 +341,7 @@ def _source_prompts(ctx: FamilyContext, run: KnowledgeRun, source: str) -> tuple
     return role, _prompts(ctx, role, run.pset.false_prompts if false_run else run.pset.true_prompts)
 
 
-def _clean_ld_entry(ctx: FamilyContext, run: KnowledgeRun, target: str
-                    ) -> tuple[dict[str, object], str, list[str]]:
+def _clean_ld_entry(ctx: FamilyContext, run: KnowledgeRun, target: str) -> Entry:
     """Store key, tag and prompts of ``target``'s clean TRUE logit differences."""
     prompts = _prompts(ctx, target, run.pset.true_prompts)
     key = {**_prompt_key(ctx, target, prompts), "result": "clean-ld", "version": RESULTS_VERSION,
@@ -349,18 +349,19 @@ def _clean_ld_entry(ctx: FamilyContext, run: KnowledgeRun, target: str
     return key, f"clean-ld-{run.dataset}", prompts
 
 
-def _clean_lds(ctx: FamilyContext, run: KnowledgeRun, target: str) -> np.ndarray:
-    """``target``'s unpatched TRUE logit differences, through the store."""
-    key, tag, prompts = _clean_ld_entry(ctx, run, target)
-    entry = ctx.store.get_or_compute(
+def _clean_lds(ctx: FamilyContext, run: KnowledgeRun, target: str, entry: Entry) -> np.ndarray:
+    """``target``'s unpatched TRUE logit differences, through the store (``entry``:
+    :func:`_clean_ld_entry`)."""
+    key, tag, prompts = entry
+    stored = ctx.store.get_or_compute(
         key, {"ld": (len(prompts),)},
         lambda: {"ld": clean_logit_diffs(ctx.backend(target), prompts, run.readout, MAX_ROWS)},
         tag=tag)
-    return entry["ld"].numpy()
+    return stored["ld"].numpy()
 
 
 def _maps_entry(ctx: FamilyContext, run: KnowledgeRun, target: str, call: Sequence[str]
-                ) -> tuple[dict[str, object], str, list[str]]:
+                ) -> Entry:
     """Store key, tag and FALSE prompts of the patching call ``call -> target``."""
     false_prompts = _prompts(ctx, target, run.pset.false_prompts)
     key = {**_prompt_key(ctx, target, false_prompts), "result": "patching-maps",
@@ -369,12 +370,13 @@ def _maps_entry(ctx: FamilyContext, run: KnowledgeRun, target: str, call: Sequen
     return key, f"patching-{run.dataset}", false_prompts
 
 
-def _patch_maps(ctx: FamilyContext, run: KnowledgeRun, target: str, call: Sequence[str]
-                ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def _patch_maps(ctx: FamilyContext, run: KnowledgeRun, target: str, call: Sequence[str],
+                entry: Entry) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The maps ``source -> target`` of every source in ``call`` (one patching call, one FALSE
     pass) as ``ld:<i>`` and ``ld_false``, with each map's engine as label ``<i>``; through the
-    store, keyed by the target's FALSE run and every source's activations."""
-    key, tag, false_prompts = _maps_entry(ctx, run, target, call)
+    store (``entry``: :func:`_maps_entry`, keyed by the target's FALSE run and every source's
+    activations)."""
+    key, tag, false_prompts = entry
     n, width = len(false_prompts), run.pset.width
     expected = {f"ld:{i}": (n, run.n_layers, width) for i in range(len(call))}
     outside = torch.tensor([[j < width - w for j in range(width)] for w in run.pset.widths],
